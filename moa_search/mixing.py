@@ -1,0 +1,182 @@
+"""Mixing a bank of activations: h = Σ_k w_k σ_k(u1), optionally times a second branch (GLU).
+
+Three implementations of the same function, selected by name:
+
+- "reference": the formula as written, stacking the K activation outputs. Autograd keeps every
+  σ_k(u) for backward, so saved memory grows with K. Used as the ground truth in tests and as
+  the naive row of the benchmark.
+- "lean": `MixProduct`, an autograd.Function that saves only the pre-activations and the weights and
+  recomputes σ_k and σ_k' in backward (with the dictionary's derivatives).
+- "compiled": the same loop written with plain ops (accumulate, no stack) under torch.compile, which
+  fuses the loop into one kernel forward and one backward and recomputes instead of saving.
+
+Shapes: u1, u2 [N..., H] pre-activations; weights [N..., K] per token (MoA) or [K] shared (LA).
+The second branch is absent (Type-I), linear (one-sided GLU: u2 with w2 None) or mixed too
+(bi-sided GLU: u2 with its own w2).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+
+from moa_search.activations import get_activation
+
+Tensor = torch.Tensor
+logger = logging.getLogger(__name__)
+
+MIXING_IMPLEMENTATIONS = ("reference", "lean", "compiled")
+
+
+def _weight(weights: Tensor, k: int) -> Tensor:
+    """Return weight k, shaped to broadcast against [N..., H]: [N..., 1] or a 0-d tensor for LA."""
+    return weights[k] if weights.dim() == 1 else weights[..., k : k + 1]
+
+
+def mix_reference(u: Tensor, weights: Tensor, bank: tuple[str, ...]) -> Tensor:
+    """Return Σ_k w_k σ_k(u) by stacking all K outputs (the plain formula)."""
+    outputs = torch.stack([get_activation(name).fn(u) for name in bank], dim=-1)  # [N..., H, K]
+    weights = weights.to(u.dtype)
+    if weights.dim() == 1:
+        return outputs @ weights
+    return (outputs * weights.unsqueeze(-2)).sum(dim=-1)
+
+
+def mix_product_reference(u1: Tensor, w1: Tensor, bank: tuple[str, ...],
+                          u2: Tensor | None = None, w2: Tensor | None = None) -> Tensor:
+    """Return the mixed first branch, times the second branch for GLU, with the plain formula."""
+    first = mix_reference(u1, w1, bank)
+    if u2 is None:
+        return first
+    return first * (u2 if w2 is None else mix_reference(u2, w2, bank))
+
+
+def mix_loop(u: Tensor, weights: Tensor, bank: tuple[str, ...]) -> Tensor:
+    """Return Σ_k w_k σ_k(u), accumulating one term at a time (the form torch.compile fuses)."""
+    weights = weights.to(u.dtype)
+    total = get_activation(bank[0]).fn(u) * _weight(weights, 0)
+    for k in range(1, len(bank)):
+        total = total + get_activation(bank[k]).fn(u) * _weight(weights, k)
+    return total
+
+
+def mix_product_loop(u1: Tensor, w1: Tensor, bank: tuple[str, ...],
+                     u2: Tensor | None = None, w2: Tensor | None = None) -> Tensor:
+    """Return the same value as `mix_product_reference`, written as a loop for torch.compile."""
+    first = mix_loop(u1, w1, bank)
+    if u2 is None:
+        return first
+    return first * (u2 if w2 is None else mix_loop(u2, w2, bank))
+
+
+def _mix_no_grad(u: Tensor, weights: Tensor, bank: tuple[str, ...]) -> Tensor:
+    """Return Σ_k w_k σ_k(u) with in-place accumulation (no graph, one output buffer)."""
+    weights = weights.to(u.dtype)
+    total = get_activation(bank[0]).fn(u) * _weight(weights, 0)
+    for k in range(1, len(bank)):
+        total.addcmul_(get_activation(bank[k]).fn(u), _weight(weights, k))
+    return total
+
+
+def _mix_backward(u: Tensor, weights: Tensor, grad_mix: Tensor, bank: tuple[str, ...],
+                  need_u: bool, need_weights: bool) -> tuple[Tensor | None, Tensor | None]:
+    """Return (dL/du, dL/dweights) of Σ_k w_k σ_k(u) given dL/d(mix), recomputing σ_k and σ_k'."""
+    cast_weights = weights.to(u.dtype)
+    grad_u = None
+    grad_weight_columns = []
+    for k, name in enumerate(bank):
+        activation = get_activation(name)
+        if need_weights:
+            # Sum over the hidden units in float32: bfloat16 sums of H products lose the gate gradient.
+            column = (grad_mix * activation.fn(u)).sum(dim=-1, dtype=torch.float32)
+            grad_weight_columns.append(column)
+        if need_u:
+            term = activation.derivative(u) * _weight(cast_weights, k)
+            grad_u = term if grad_u is None else grad_u.add_(term)
+    if grad_u is not None:
+        grad_u = grad_u.mul_(grad_mix)
+    grad_weights = None
+    if need_weights:
+        grad_weights = torch.stack(grad_weight_columns, dim=-1)
+        if weights.dim() == 1:  # LA: one weight shared by every token
+            grad_weights = grad_weights.reshape(-1, len(bank)).sum(dim=0)
+        grad_weights = grad_weights.to(weights.dtype)
+    return grad_u, grad_weights
+
+
+class MixProduct(torch.autograd.Function):
+    """Memory-lean mixing: saves u1, w1, u2, w2 and recomputes every σ_k(u) and σ_k'(u) in backward."""
+
+    @staticmethod
+    def forward(ctx, u1: Tensor, w1: Tensor, bank: tuple[str, ...],
+                u2: Tensor | None, w2: Tensor | None) -> Tensor:
+        ctx.bank = bank
+        ctx.has_second = u2 is not None
+        ctx.second_mixed = w2 is not None
+        ctx.save_for_backward(u1, w1, u2, w2)
+        first = _mix_no_grad(u1, w1, bank)
+        if u2 is None:
+            return first
+        return first.mul_(u2 if w2 is None else _mix_no_grad(u2, w2, bank))
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        u1, w1, u2, w2 = ctx.saved_tensors
+        bank = ctx.bank
+        need_u1, need_w1, _, need_u2, need_w2 = ctx.needs_input_grad
+        grad_u2 = grad_w2 = None
+        if not ctx.has_second:
+            grad_first = grad_output
+        else:
+            second = u2 if w2 is None else _mix_no_grad(u2, w2, bank)
+            grad_first = grad_output * second
+            del second
+            if need_u2 or need_w2:
+                grad_second = grad_output * _mix_no_grad(u1, w1, bank)
+                if w2 is None:
+                    grad_u2 = grad_second
+                else:
+                    grad_u2, grad_w2 = _mix_backward(u2, w2, grad_second, bank, need_u2, need_w2)
+                del grad_second
+        grad_u1, grad_w1 = _mix_backward(u1, w1, grad_first, bank, need_u1, need_w1)
+        return grad_u1, grad_w1, None, grad_u2, grad_w2
+
+
+def mix_product_lean(u1: Tensor, w1: Tensor, bank: tuple[str, ...],
+                     u2: Tensor | None = None, w2: Tensor | None = None) -> Tensor:
+    """Return the same value as `mix_product_reference` through the recomputing `MixProduct`."""
+    return MixProduct.apply(u1, w1, bank, u2, w2)
+
+
+_compiled: dict[tuple[str, ...], Callable[..., Tensor]] = {}
+
+
+def compiled_mix_product(bank: tuple[str, ...]) -> Callable[..., Tensor]:
+    """Return torch.compile(mix_product_loop) for one bank, compiled on first call, cached per bank."""
+    if bank not in _compiled:
+        logger.debug("compiling the mixing loop for bank %s", "+".join(bank))
+
+        def mix_for_bank(u1: Tensor, w1: Tensor, u2: Tensor | None = None,
+                         w2: Tensor | None = None) -> Tensor:
+            return mix_product_loop(u1, w1, bank, u2, w2)
+
+        # NOTE: every bank compiles its own graph (the loop is unrolled over the bank), and all of
+        # them share one code object, so torch._dynamo's recompile limit (8 by default) caps how
+        # many banks one process can compile before dynamo falls back to eager with a warning.
+        _compiled[bank] = torch.compile(mix_for_bank)
+    return _compiled[bank]
+
+
+def mix_product(u1: Tensor, w1: Tensor, bank: tuple[str, ...], u2: Tensor | None = None,
+                w2: Tensor | None = None, implementation: str = "lean") -> Tensor:
+    """Return Σ_k w1_k σ_k(u1) [⊙ u2 or ⊙ Σ_k w2_k σ_k(u2)] with the chosen implementation."""
+    if implementation == "lean":
+        return mix_product_lean(u1, w1, bank, u2, w2)
+    if implementation == "compiled":
+        return compiled_mix_product(bank)(u1, w1, u2, w2)
+    if implementation == "reference":
+        return mix_product_reference(u1, w1, bank, u2, w2)
+    raise ValueError(f"mixing implementation must be one of {', '.join(MIXING_IMPLEMENTATIONS)}, "
+                     f"got {implementation!r}")
