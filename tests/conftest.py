@@ -1,0 +1,74 @@
+"""Shared fixtures: FrozenTrials in the stored record format, and one real small study per session."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from moa_search import records
+from moa_search.config import FFNConfig, RunConfig, run_config_to_dict
+
+
+def usage(names: list[str], shares: list[float], entropy: float) -> dict[str, Any]:
+    """Return one layer's gate usage in the format `FeedForward.read_gate_usage` returns."""
+    return {"activations": names, "share": shares, "mean_weight": [0.5] * len(names), "entropy": entropy, "tokens": 1000}
+
+
+def frozen_trial(number: int, state: TrialState = TrialState.COMPLETE, *, val_loss: float | None = None,
+                 ffn: FFNConfig | None = None, baseline: str | None = None,
+                 gate_usage: dict[str, dict] | None = None, fail_reason: str | None = None,
+                 progress: dict[str, Any] | None = None) -> FrozenTrial:
+    """Build a FrozenTrial carrying the user attributes a moa-search worker stores."""
+    ffn = ffn or FFNConfig()
+    config = run_config_to_dict(RunConfig(ffn=ffn))
+    attrs: dict[str, Any] = {records.CONFIG: config, records.IS_BASELINE: baseline is not None,
+                             records.BASELINE: baseline, records.GATE_USAGE: gate_usage or {}}
+    if state == TrialState.COMPLETE:
+        attrs[records.METRICS] = {"val_loss": val_loss, "tokens_per_second": 1000.0 + number, "wall_seconds": 10.0,
+                                  "params": {"total": 100_000 + number}}
+        attrs[records.CURVE] = [{"step": 10, "tokens": 1280, "train_loss": val_loss + 0.5, "val_loss": val_loss + 0.4,
+                                 "lr": 1e-3, "elapsed_seconds": 1.0},
+                                {"step": 20, "tokens": 2560, "train_loss": val_loss + 0.1, "val_loss": val_loss,
+                                 "lr": 1e-4, "elapsed_seconds": 2.0}]
+    if fail_reason:
+        attrs[records.FAIL_REASON] = fail_reason
+    if progress:
+        attrs[records.PROGRESS] = progress
+    trial = optuna.trial.create_trial(
+        state=state, value=val_loss if state == TrialState.COMPLETE else None,
+        params={"ffn.kind": ffn.kind}, distributions={"ffn.kind": CategoricalDistribution(["fixed", "la", "moa"])},
+        user_attrs=attrs, intermediate_values={10: val_loss} if state == TrialState.PRUNED and val_loss else None,
+    )
+    trial.number = number
+    trial._trial_id = number
+    if state != TrialState.RUNNING:
+        trial.datetime_start = datetime.datetime(2026, 1, 1, 12, 0, 0)
+        trial.datetime_complete = trial.datetime_start + datetime.timedelta(seconds=30 + number)
+    return trial
+
+
+@pytest.fixture
+def sample_trials() -> list[FrozenTrial]:
+    """Two baselines, three searched trials (one collapsed), one failed, one pruned and one running."""
+    bank = ["relu", "gelu", "silu"]
+    balanced = {str(layer): usage(bank, [0.4, 0.3, 0.3], 0.9) for layer in range(2)}
+    collapsed = {str(layer): usage(bank, [0.97, 0.02, 0.01], 0.1) for layer in range(2)}
+    half = {"0": usage(bank, [0.97, 0.02, 0.01], 0.1), "1": usage(bank, [0.5, 0.4, 0.1], 0.7)}
+    moa = FFNConfig(kind="moa", bank=tuple(bank), gate="softmax", temperature=0.5, top_k=2)
+    return [
+        frozen_trial(0, val_loss=2.50, ffn=FFNConfig(kind="fixed", bank=("gelu",)), baseline="gelu"),
+        frozen_trial(1, val_loss=2.40, ffn=FFNConfig(kind="fixed", type="glu", bank=("silu",)), baseline="swiglu"),
+        frozen_trial(2, val_loss=2.30, ffn=moa, gate_usage=balanced),
+        frozen_trial(3, val_loss=2.45, ffn=moa, gate_usage=collapsed),
+        frozen_trial(4, val_loss=2.35, ffn=FFNConfig(kind="la", bank=tuple(bank)), gate_usage=half),
+        frozen_trial(5, TrialState.FAIL, ffn=moa, fail_reason="TrainingError: loss is nan at step 12"),
+        frozen_trial(6, TrialState.PRUNED, val_loss=3.1, ffn=moa, fail_reason="pruned at step 10: val loss 3.1"),
+        frozen_trial(7, TrialState.RUNNING, ffn=moa, progress={"step": 10, "max_steps": 20, "tokens": 1280,
+                                                               "train_loss": 3.0, "val_loss": 3.2,
+                                                               "tokens_per_second": 900.0, "eta_seconds": 12.0}),
+    ]
