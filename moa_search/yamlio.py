@@ -1,9 +1,10 @@
 """YAML loading that avoids the YAML 1.1 traps and remembers where each key was written.
 
-PyYAML implements YAML 1.1, so by default `1e-3` loads as a string, `on`/`no` load as booleans and
-a duplicated key silently keeps the last value. Configs and search spaces are read through
-`load_yaml`, which follows YAML 1.2 for numbers and booleans, rejects duplicate keys and tab
-indentation, and records the line of every key so errors can point at it.
+PyYAML implements YAML 1.1, so by default `1e-3` loads as a string, `on`/`no` load as booleans,
+`2024-01-31` loads as a date and a duplicated key silently keeps the last value. Configs and search
+spaces are read through `load_yaml`, which follows the YAML 1.2 core schema for numbers, booleans and
+dates (a date stays a string), rejects duplicate keys and tab indentation, and records the line of
+every mapping key and list item so errors can point at it.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 scalars, duplicate-key errors and key positions."""
 
 
-# Drop the YAML 1.1 implicit resolvers for bool, int and float, then add the 1.2 ones.
+# Drop the YAML 1.1 implicit resolvers for bool, int, float and timestamp, then add the 1.2 ones.
+# The 1.2 core schema has no timestamp type, so `2024-01-31` stays the string the user wrote.
+_YAML11_TAGS = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float", "tag:yaml.org,2002:int",
+                "tag:yaml.org,2002:timestamp")
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (
-        "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float", "tag:yaml.org,2002:int")]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML11_TAGS]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL_RE, list("tTfF"))
@@ -93,11 +96,21 @@ def _walk(node: yaml.Node, prefix: str, lines: dict[str, int], path: str) -> Non
             _walk(value_node, _join(prefix, key), lines, path)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
+            lines[_join(prefix, str(index))] = item.start_mark.line + 1
             _walk(item, _join(prefix, str(index)), lines, path)
 
 
 def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
+
+
+def _syntax_error(path: str, error: yaml.YAMLError) -> ConfigError:
+    """Turn a PyYAML error into one line: FILE:LINE, the problem and the construct it was in."""
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return ConfigError(f"{path}: invalid YAML: {error}")
+    line = error.problem_mark.line + 1
+    context = f" ({error.context})" if error.context else ""
+    return ConfigError(f"{path}:{line}: invalid YAML: {error.problem}{context}; check the brackets, quotes and indentation")
 
 
 def parse_yaml(text: str, path: str = "<string>") -> YamlDocument:
@@ -109,7 +122,7 @@ def parse_yaml(text: str, path: str = "<string>") -> YamlDocument:
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML: {error}") from None
+        raise _syntax_error(path, error) from None
     if node is None:
         return YamlDocument(data={}, path=path)
     lines: dict[str, int] = {}
@@ -118,7 +131,7 @@ def parse_yaml(text: str, path: str = "<string>") -> YamlDocument:
     try:
         data = loader.get_single_data()
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: invalid YAML: {error}") from None
+        raise _syntax_error(path, error) from None
     finally:
         loader.dispose()
     return YamlDocument(data=data, path=path, lines=lines)
