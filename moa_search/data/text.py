@@ -53,6 +53,8 @@ def documents_from_dataset(dataset, column: str, where: str) -> list[str]:
             "set data.text_column to the one that holds the text"
         )
     dtype = getattr(dataset.features[column], "dtype", None)
+    if dtype == "null":  # an empty dataset, or a column with no values at all
+        return []
     if dtype not in ("string", "large_string"):
         raise CorpusError(f"{where}: column {column!r} holds {dataset.features[column]}, not text; "
                           "set data.text_column to a column of strings")
