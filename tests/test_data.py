@@ -201,7 +201,7 @@ def test_non_text_column_rejected(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text("\n".join(json.dumps(row) for row in rows(40)))
 
-    with pytest.raises(CorpusError, match="column 'id' holds .*int64.*not text"):
+    with pytest.raises(CorpusError, match="column 'id' has type int64, not text"):
         load(str(path), tmp_path, text_column="id")
 
 
@@ -382,7 +382,7 @@ def test_summary_logged_once(tmp_path, caplog):
 def hub_server(monkeypatch):
     """Start a local HTTP server and point HF_ENDPOINT at it.
 
-    It answers 404 for dataset names with "missing" in them and 500 for every other request.
+    It responds 404 for dataset names with "missing" in them and 500 for every other request.
     """
 
     class NotFound(http.server.BaseHTTPRequestHandler):
@@ -439,7 +439,7 @@ def test_hub_silent_server_times_out(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "1")
-    with socket.socket() as silent:  # accepts connections in the backlog and never answers
+    with socket.socket() as silent:  # accepts connections in the backlog and never responds
         silent.bind(("127.0.0.1", 0))
         silent.listen(4)
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
@@ -482,3 +482,14 @@ def test_hub_offline_uses_cached_tokens(tmp_path, monkeypatch):
     corpus = load_corpus(config, context_length=8, cache_dir=cache_dir)
     assert corpus.summary["cached"] is True
     assert corpus.val.tolist() == [66] * 100
+
+
+def test_cache_survives_moved_file(tmp_path):
+    write_paragraphs(tmp_path / "a.txt", 50)
+    first = load(str(tmp_path / "a.txt"), tmp_path)
+    (tmp_path / "a.txt").rename(tmp_path / "moved.txt")
+    second = load(str(tmp_path / "moved.txt"), tmp_path)
+
+    assert second.summary["cached"] is True
+    assert second.summary["cache_key"] == first.summary["cache_key"]
+    assert "moved.txt" in second.summary["source"]

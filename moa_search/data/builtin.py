@@ -1,8 +1,8 @@
 """The built-in corpus: English text and Python code that ship with every CPython install.
 
-Documents, in this fixed order: every pydoc topic (the language reference texts that `help()`
-shows, sorted by topic name), then every public top-level module of the standard library
-(`<stdlib>/*.py` without a leading underscore, sorted by file name), one document per file.
+The documents come in a fixed order. First every pydoc topic, sorted by topic name: the language
+reference texts that `help()` shows. Then every public top-level module of the standard library,
+one document per file: `<stdlib>/*.py` without a leading underscore, sorted by file name.
 About 4.5 MB on CPython 3.11; the exact text depends on the Python version, and the cache key
 covers the content, so a different Python gets its own cache entry.
 """

@@ -62,8 +62,8 @@ def _write_atomic(path: Path, write) -> None:
         raise
 
 
-def write_entry(cache_dir: Path, key: str, train: np.ndarray, val: np.ndarray, summary: dict[str, Any]) -> None:
-    """Store one entry; a cache folder that cannot be written only costs a warning."""
+def write_entry(cache_dir: Path, key: str, train: np.ndarray, val: np.ndarray, summary: dict[str, Any]) -> bool:
+    """Store one entry and return True; a cache folder that cannot be written logs a warning and returns False."""
     train_path, val_path, summary_path = entry_paths(cache_dir, key)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -72,3 +72,5 @@ def write_entry(cache_dir: Path, key: str, train: np.ndarray, val: np.ndarray, s
         _write_atomic(summary_path, lambda file: file.write(json.dumps(summary, indent=1).encode()))
     except OSError as error:
         log.warning("could not write the corpus cache in %s (%s); the next run tokenises again", cache_dir, error)
+        return False
+    return True

@@ -1,9 +1,9 @@
 """Prepare a corpus for training: read the source, split by document, tokenise, cache, check size.
 
-The split is by whole documents, so no text is shared between train and validation: identical
-documents are dropped first, then documents are ranked by the SHA-256 of their text and the
-lowest-ranked ones go to validation until it holds `val_fraction` of the tokens (at least one
-document goes to each side). The rank depends only on a document's own text, so adding files
+The split is by whole documents, and exact duplicates are dropped first, so no document appears
+in both splits. Documents are ranked by the SHA-256 of their text, and the lowest-ranked ones go
+to validation until it contains `val_fraction` of the tokens. At least one document goes to each
+side. The rank depends only on a document's own text, so adding files
 moves few documents between the splits. Each split is its documents in source order, each one
 followed by the separator token.
 """
@@ -36,7 +36,7 @@ MIN_WINDOWS_PER_SPLIT = 4
 
 
 class Source(Protocol):
-    """Where documents come from: the built-in corpus, local files or a hub dataset."""
+    """A source of documents: the built-in corpus, local files or a hub dataset."""
 
     @property
     def description(self) -> str: ...
@@ -174,17 +174,21 @@ def load_corpus(config: DataConfig, context_length: int, cache_dir: Path | None 
     entry = read_entry(folder, key)
     if entry is not None:
         train, val, summary = entry
+        # The key leaves out file paths, so the entry may name files that have moved since.
+        summary["source"] = source.description
         summary["cached"] = True
+        status = f"read from cache {key}"
     else:
         train, val, summary = _prepare(source, config, tokenizer)
         summary["cache_key"] = key
-        write_entry(folder, key, train, val, summary)
+        stored = write_entry(folder, key, train, val, summary)
         summary["cached"] = False
+        status = f"cached as {key}" if stored else "not cached"
     _check_size(summary, context_length)
     log.info(
         "corpus %s: %d documents, %d tokens (train %d in %d documents, val %d in %d documents), %s tokenizer, %s",
         summary["source"], summary["documents"], summary["tokens"], summary["train_tokens"],
         summary["train_documents"], summary["val_tokens"], summary["val_documents"], summary["tokenizer"],
-        f"read from cache {key}" if summary["cached"] else f"cached as {key}",
+        status,
     )
     return Corpus(torch.from_numpy(train.astype(np.int64)), torch.from_numpy(val.astype(np.int64)), tokenizer, summary)

@@ -47,14 +47,14 @@ def _format_of(path: Path, configured: str) -> str:
         return configured
     suffix = path.suffix.lower()
     if suffix not in FORMAT_BY_SUFFIX:
-        raise CorpusError(f"{path}: cannot tell the format from the suffix {suffix!r}; "
+        raise CorpusError(f"{path}: unknown corpus file suffix {suffix!r}; "
                           "set data.format to text, jsonl, csv or parquet")
     return FORMAT_BY_SUFFIX[suffix]
 
 
 @contextlib.contextmanager
 def _quiet_datasets():
-    """Hide the progress bars of `datasets` while reading; the CLI logs its own summary line."""
+    """Hide the progress bars of `datasets` while reading, because load_corpus logs one summary line instead."""
     from datasets.utils import logging as datasets_logging
 
     was_enabled = datasets_logging.is_progress_bar_enabled()
@@ -79,8 +79,8 @@ class FileSource:
         names = [str(path) for path, _ in self.files]
         if len(names) == 1:
             return f"file {names[0]}"
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        return f"{len(names)} files ({shown})"
+        listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return f"{len(names)} files ({listed})"
 
     def fingerprint(self) -> str:
         """Hash of each file's bytes and format; paths are left out so a moved file keeps its cache."""
@@ -125,7 +125,7 @@ class FileSource:
                 dataset = load_dataset(_DATASETS_BUILDER[fmt], data_files=[str(path)], split="train",
                                        cache_dir=str(self.cache_dir / "hf-datasets"))
         except Exception as error:  # datasets wraps parser errors (pyarrow, pandas) in several types
-            raise CorpusError(f"{path}: cannot be read as {fmt}: {type(error).__name__}: {error}") from None
+            raise CorpusError(f"{path}: cannot be read as {fmt} ({' '.join(str(error).split())})") from None
         return documents_from_dataset(dataset, self.config.text_column, str(path))
 
     def _decodable_copy(self, path: Path, raw: bytes) -> Path:

@@ -101,7 +101,7 @@ def _fetch_revision(name: str, config: DataConfig, label: str) -> str:
         raise CorpusError(f"{label}: cannot reach the hub at {endpoint} within {timeout:g} s "
                           f"({_one_line(reason)}); {_local_file_hint(name, config)}") from None
     except (ValueError, KeyError) as error:
-        raise CorpusError(f"{label}: the hub at {endpoint} returned an unexpected answer ({_one_line(error)}); "
+        raise CorpusError(f"{label}: the hub at {endpoint} returned an unexpected response ({_one_line(error)}); "
                           f"{_local_file_hint(name, config)}") from None
 
 

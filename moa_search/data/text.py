@@ -11,7 +11,7 @@ from pathlib import Path
 
 from moa_search.errors import CorpusError
 
-# Line breaks that str.splitlines() knows besides \n. \u2029 (paragraph separator) becomes a
+# Line breaks that str.splitlines() recognises besides \n. \u2029 (paragraph separator) becomes a
 # blank line, the others a plain line break, so no document holds a stray control character.
 _LINE_BREAKS = re.compile("\r\n|[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028]")
 
@@ -37,7 +37,7 @@ def normalise(text: str) -> str:
 
 
 def split_paragraphs(text: str) -> list[str]:
-    """Cut normalised text at blank lines; every returned paragraph holds at least one visible character."""
+    """Cut normalised text at blank lines; every returned paragraph contains a visible character."""
     paragraphs = re.split(r"\n{2,}", normalise(text))
     return [paragraph for paragraph in paragraphs if paragraph.strip()]
 
@@ -56,7 +56,7 @@ def documents_from_dataset(dataset, column: str, where: str) -> list[str]:
     if dtype == "null":  # an empty dataset, or a column with no values at all
         return []
     if dtype not in ("string", "large_string"):
-        raise CorpusError(f"{where}: column {column!r} holds {dataset.features[column]}, not text; "
+        raise CorpusError(f"{where}: column {column!r} has type {dtype}, not text; "
                           "set data.text_column to a column of strings")
     texts = (normalise(text) for text in dataset[column] if text is not None)
     return [text for text in texts if text.strip()]
