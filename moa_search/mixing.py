@@ -82,21 +82,22 @@ def _mix_no_grad(u: Tensor, weights: Tensor, bank: tuple[str, ...]) -> Tensor:
 
 def _mix_backward(u: Tensor, weights: Tensor, grad_mix: Tensor, bank: tuple[str, ...],
                   need_u: bool, need_weights: bool) -> tuple[Tensor | None, Tensor | None]:
-    """Return (dL/du, dL/dweights) of Σ_k w_k σ_k(u) given dL/d(mix), recomputing σ_k and σ_k'."""
+    """Return (dL/du, dL/dweights) of Σ_k w_k σ_k(u) given dL/d(mix), recomputing σ_k.
+
+    dL/du = Σ_k σ_k'(u) ⊙ (w_k dL/dmix), each term through the activation's fused backward kernel.
+    dL/dw_k = Σ_hidden dL/dmix ⊙ σ_k(u), as an einsum so the product is never materialised.
+    """
     cast_weights = weights.to(u.dtype)
     grad_u = None
     grad_weight_columns = []
     for k, name in enumerate(bank):
         activation = get_activation(name)
         if need_weights:
-            # Sum over the hidden units in float32: bfloat16 sums of H products lose the gate gradient.
-            column = (grad_mix * activation.fn(u)).sum(dim=-1, dtype=torch.float32)
-            grad_weight_columns.append(column)
+            column = torch.einsum("...h,...h->...", grad_mix, activation.fn(u))
+            grad_weight_columns.append(column.float())
         if need_u:
-            term = activation.derivative(u) * _weight(cast_weights, k)
+            term = activation.input_gradient(grad_mix * _weight(cast_weights, k), u)
             grad_u = term if grad_u is None else grad_u.add_(term)
-    if grad_u is not None:
-        grad_u = grad_u.mul_(grad_mix)
     grad_weights = None
     if need_weights:
         grad_weights = torch.stack(grad_weight_columns, dim=-1)

@@ -135,3 +135,12 @@ def test_list_command_rejects_format():
     result = CliRunner().invoke(app, ["activations", "list", "--format", "xml"])
     assert result.exit_code == 1
     assert "--format must be one of table, json, csv" in result.output
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_input_gradient_matches_derivative(name):
+    activation = ACTIVATIONS[name]
+    generator = torch.Generator().manual_seed(1)
+    u = torch.randn(64, generator=generator, dtype=torch.float64) * 3
+    grad = torch.randn(64, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(activation.input_gradient(grad, u), grad * activation.derivative(u))
