@@ -1,0 +1,245 @@
+"""The trial loop of one worker process: claim a trial, train it, store its record, repeat.
+
+Any number of workers, on one machine or many, can run this loop against one study. Before each
+trial a worker fails the trials whose heartbeat stopped (Optuna then re-queues them with the same
+parameters), stops when the study holds its budget of finished search trials, and waits while
+other workers' running trials could still fill the budget. The queued trials (baselines and
+retries of stale trials) run first. See `study.claim_decision` for how two workers that ask at the
+same moment never both take the last place in the budget.
+
+The loop writes everything to the storage and nothing to the screen, so any display (or none) can
+follow a study by reading it; the PROGRESS attribute is rewritten at each evaluation for that.
+
+`python -m moa_search.worker ARGS` runs the moa-search command line, like the `moa-search` script;
+`run --workers N` starts its workers as `python -m moa_search.worker worker --study NAME ...`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, TypeVar
+
+import optuna
+from optuna.trial import TrialState
+
+from moa_search import records
+from moa_search.storage import open_storage, with_retries
+from moa_search.study import SearchStudy, claim_decision, count_budget, load_search_study
+from moa_search.trial_run import CorpusCache, TrialOutcome, run_trial
+
+logger = logging.getLogger(__name__)
+
+# Seconds between looks at the study while other workers' trials may still fill the budget.
+POLL_SECONDS = 2.0
+# A worker stops after this many failed trials in a row: something is wrong with every config.
+MAX_FAILURES_IN_ROW = 10
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """What one worker process runs. None keeps the value stored with the study."""
+
+    study_name: str
+    storage_url: str
+    n_trials: int | None = None
+    timeout_seconds: float | None = None
+    sampler: str | None = None
+    pruner: str | None = None
+    seed: int | None = None
+    device: str | None = None
+
+
+@dataclass
+class WorkerSummary:
+    """What one worker did: search trials by final state, baselines run, and why it stopped."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    baselines: int = 0
+    stop_reason: str = ""
+    trial_numbers: list[int] = field(default_factory=list)
+
+
+def worker_id() -> str:
+    """Return "host:pid", the name a worker writes into the trials it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@contextlib.contextmanager
+def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat every interval from a thread while the body runs.
+
+    Training keeps the main thread busy for minutes, so the heartbeat needs its own thread; torch
+    releases the GIL in its kernels, so the thread gets to run.
+    """
+    interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as error:  # noqa: BLE001 - a missed beat must not end the trial
+                logger.warning("Failed to record the heartbeat of trial id %d: %s", trial_id, error)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _Worker:
+    """The loop over trials of one process, for one study."""
+
+    def __init__(self, search: SearchStudy, storage_url: str, *, timeout_seconds: float | None,
+                 device: str | None, should_stop: Callable[[], bool] | None = None) -> None:
+        self.search = search
+        self.study = search.study
+        self.storage_url = storage_url
+        self.timeout_seconds = timeout_seconds
+        self.device = device
+        self.should_stop = should_stop or (lambda: False)
+        self.corpora = CorpusCache()
+        self.summary = WorkerSummary()
+        self.started = time.monotonic()
+        self.failures_in_row = 0
+
+    def _storage_call(self, action: Callable[[], T], what: str) -> T:
+        return with_retries(action, what, self.storage_url)
+
+    def _timed_out(self) -> bool:
+        return self.timeout_seconds is not None and time.monotonic() - self.started >= self.timeout_seconds
+
+    def _fail_stale_trials(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._storage_call(lambda: optuna.storages.fail_stale_trials(self.study), "check for stale trials")
+
+    def _trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self._storage_call(lambda: self.study.get_trials(deepcopy=False), "read the trials")
+
+    def _stop_reason(self) -> str | None:
+        """Return why the loop should stop now, None to go on, or "" to wait and look again."""
+        if self.should_stop():
+            return "stopped"
+        if self.search.sampler.exhausted:
+            return "every grid point has run"
+        if self._timed_out():
+            return f"the time budget of {self.timeout_seconds:g} s is used up"
+        if self.failures_in_row >= MAX_FAILURES_IN_ROW:
+            return f"{self.failures_in_row} trials failed in a row; see their fail_reason"
+        self._fail_stale_trials()
+        count = count_budget(self._trials())
+        if count.waiting_baselines:
+            return None
+        if count.finished >= self.search.n_trials:
+            return f"the study has its {self.search.n_trials} finished search trials"
+        if count.finished + count.active >= self.search.n_trials:
+            return ""
+        return None
+
+    def run(self) -> WorkerSummary:
+        while True:
+            reason = self._stop_reason()
+            if reason == "":
+                time.sleep(POLL_SECONDS)
+                continue
+            if reason is not None:
+                self.summary.stop_reason = reason
+                break
+            with warnings.catch_warnings():
+                # Optuna warns that heartbeats are meant for Study.optimize; this loop sends its own.
+                warnings.simplefilter("ignore", UserWarning)
+                trial = self._storage_call(self.study.ask, "create a trial")
+            with heartbeat(self.search.storage, trial._trial_id):
+                outcome = self._claim_and_run(trial)
+            self._count(trial.number, outcome)
+        logger.info("Worker %s stopped: %s (complete %d, pruned %d, failed %d, baselines %d)", worker_id(),
+                    self.summary.stop_reason, self.summary.complete, self.summary.pruned, self.summary.failed,
+                    self.summary.baselines)
+        return self.summary
+
+    def _claim_and_run(self, trial: optuna.Trial) -> TrialOutcome | None:
+        """Run the trial once the budget has room for it; discard it (None) when it has none."""
+        user_attrs = self._storage_call(lambda: trial.user_attrs, "read the trial")
+        baseline = user_attrs.get(records.BASELINE) if user_attrs.get(records.IS_BASELINE) else None
+        if baseline is None:
+            while True:
+                decision = claim_decision(self._trials(), trial.number, self.search.n_trials)
+                if decision == "run":
+                    break
+                if decision == "over" or self._timed_out() or self.should_stop():
+                    self._discard(trial)
+                    return None
+                time.sleep(POLL_SECONDS)
+                self._fail_stale_trials()
+        return run_trial(self.search, trial, baseline=baseline, device=self.device, corpora=self.corpora,
+                         storage_call=self._storage_call, worker=worker_id())
+
+    def _discard(self, trial: optuna.Trial) -> None:
+        # NOTE: a discarded trial ends as FAIL, the only state that stays out of the budget; with the
+        # grid sampler its grid point counts as visited.
+        reason = (f"not run: the budget of {self.search.n_trials} finished search trials was taken by "
+                  "trials of other workers, or this worker's time ran out")
+        logger.info("Trial %d discarded: %s", trial.number, reason)
+        self._storage_call(lambda: trial.set_user_attr(records.FAIL_REASON, reason), "store the trial record")
+        self._storage_call(lambda: self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True),
+                           "finish the trial")
+
+    def _count(self, number: int, outcome: TrialOutcome | None) -> None:
+        if outcome is None:
+            return
+        self.summary.trial_numbers.append(number)
+        if outcome.baseline is not None:
+            self.summary.baselines += 1
+        elif outcome.state == TrialState.COMPLETE:
+            self.summary.complete += 1
+            self.failures_in_row = 0
+        elif outcome.state == TrialState.PRUNED:
+            self.summary.pruned += 1
+            self.failures_in_row = 0
+        else:
+            self.summary.failed += 1
+            self.failures_in_row += 1
+
+
+def run_trials(search: SearchStudy, storage_url: str, *, timeout_seconds: float | None = None,
+               device: str | None = None, should_stop: Callable[[], bool] | None = None) -> WorkerSummary:
+    """Run trials of an opened study until its budget, the time budget or `should_stop` ends the loop."""
+    worker = _Worker(search, storage_url, timeout_seconds=timeout_seconds, device=device, should_stop=should_stop)
+    return worker.run()
+
+
+def run_worker(options: WorkerOptions) -> WorkerSummary:
+    """Open the storage, join the existing study `options.study_name` and run its trial loop."""
+    storage = open_storage(options.storage_url)
+    search = load_search_study(storage, options.study_name, n_trials=options.n_trials, sampler=options.sampler,
+                               pruner=options.pruner, seed=options.seed)
+    timeout = options.timeout_seconds if options.timeout_seconds is not None else search.settings.timeout_seconds
+    logger.info("Worker %s joined study %r (budget %d finished search trials)", worker_id(), search.name,
+                search.n_trials)
+    return run_trials(search, options.storage_url, timeout_seconds=timeout, device=options.device)
+
+
+if __name__ == "__main__":
+    from moa_search.cli import main
+
+    main()
