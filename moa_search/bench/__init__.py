@@ -1,0 +1,1 @@
+"""Benchmarks that `moa-search bench` runs: one module per benchmark (ffn: a single FFN block)."""
