@@ -1,0 +1,191 @@
+"""Tests for the trainer on the real built-in corpus with tiny models on the CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from moa_search.config import RunConfig, TrainConfig, run_config_from_dict
+from moa_search.data import load_corpus
+from moa_search.errors import ConfigError, TrainingError
+from moa_search.model import GPT
+from moa_search.trainer import EvalPoint, budget_steps, build_optimizer, learning_rate, resolve_device, train
+
+TINY = {
+    "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "context_length": 32},
+    "ffn": {"kind": "moa", "bank": ["relu", "relu2", "gelu", "silu"]},
+    "train": {"batch_size": 8, "max_steps": 30, "eval_interval": 10, "eval_batches": 2, "warmup_steps": 5,
+              "lr": 3e-3},
+}
+
+
+def tiny_config(**sections) -> RunConfig:
+    values = {name: dict(settings) for name, settings in TINY.items()}
+    for name, settings in sections.items():
+        values.setdefault(name, {}).update(settings)
+    return run_config_from_dict(values)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The built-in corpus (real CPython docs and sources), cached once for this module."""
+    return load_corpus(tiny_config().data, 32, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_loss_falls_on_builtin_corpus(corpus):
+    result = train(tiny_config(), corpus=corpus)
+    first, last = result.curve[0], result.curve[-1]
+    assert [point.step for point in result.curve] == [10, 20, 30]
+    assert last.val_loss < first.val_loss - 0.3
+    assert last.val_loss < math.log(256) - 1.0
+    assert result.best_val_loss == min(point.val_loss for point in result.curve)
+    assert result.steps == 30
+    assert result.tokens == 30 * 8 * 32
+    assert result.tokenizer == "byte"
+    assert result.device == "cpu"
+
+
+def test_result_has_gate_usage_over_validation_batches(corpus):
+    result = train(tiny_config(train={"max_steps": 10}), corpus=corpus)
+    assert sorted(result.gate_usage) == ["0", "1"]
+    usage = result.gate_usage["0"]
+    assert usage["activations"] == ["relu", "relu2", "gelu", "silu"]
+    assert usage["tokens"] == 2 * 8 * 32  # eval_batches · batch_size · context_length
+    assert sum(usage["share"]) == pytest.approx(1.0)
+    assert result.params == result.model.parameter_counts()
+    as_dict = result.to_dict()
+    assert "model" not in as_dict
+    assert as_dict["curve"][0]["step"] == 10
+
+
+def test_same_seed_gives_identical_losses(corpus):
+    config = tiny_config(train={"max_steps": 20})
+    first = train(config, corpus=corpus)
+    second = train(config, corpus=corpus)
+    assert [p.train_loss for p in first.curve] == [p.train_loss for p in second.curve]
+    assert [p.val_loss for p in first.curve] == [p.val_loss for p in second.curve]
+    other_seed = train(tiny_config(train={"max_steps": 20, "seed": 1}), corpus=corpus)
+    assert other_seed.val_loss != first.val_loss
+
+
+def test_huge_learning_rate_raises_training_error(corpus):
+    config = tiny_config(train={"lr": 1e6, "warmup_steps": 0, "max_steps": 20})
+    with pytest.raises(TrainingError, match=r"at step \d+; last finite loss: ") as caught:
+        train(config, corpus=corpus)
+    assert "train.lr" in str(caught.value)
+
+
+def test_callback_exception_propagates(corpus):
+    class Stop(Exception):
+        pass
+
+    seen: list[EvalPoint] = []
+
+    def stop_at_second_eval(point: EvalPoint) -> None:
+        seen.append(point)
+        if point.step == 20:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        train(tiny_config(), corpus=corpus, on_eval=stop_at_second_eval)
+    assert [point.step for point in seen] == [10, 20]
+    assert seen[0].max_steps == 30
+    assert seen[0].tokens == 10 * 8 * 32
+    assert seen[1].elapsed_seconds >= seen[0].elapsed_seconds
+    assert seen[0].eta_seconds > 0
+
+
+def test_resume_gives_same_result_as_uninterrupted_run(corpus, tmp_path):
+    config = tiny_config()
+    uninterrupted = train(config, corpus=corpus)
+
+    def interrupt(point: EvalPoint) -> None:
+        if point.step == 20:
+            raise KeyboardInterrupt
+
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, corpus=corpus, checkpoint_path=checkpoint, on_eval=interrupt)
+    resumed = train(config, corpus=corpus, checkpoint_path=checkpoint, resume=True)
+    assert resumed.val_loss == uninterrupted.val_loss
+    assert resumed.train_loss == uninterrupted.train_loss
+    assert [p.step for p in resumed.curve] == [10, 20, 30]
+    assert resumed.tokens == uninterrupted.tokens
+    assert resumed.gate_usage == uninterrupted.gate_usage
+
+
+def test_resume_of_finished_run_measures_gate_usage(corpus, tmp_path):
+    config = tiny_config(train={"max_steps": 10})
+    checkpoint = tmp_path / "run.pt"
+    finished = train(config, corpus=corpus, checkpoint_path=checkpoint)
+    again = train(config, corpus=corpus, checkpoint_path=checkpoint, resume=True)
+    assert again.val_loss == finished.val_loss
+    assert again.gate_usage == finished.gate_usage
+
+
+def test_resume_with_other_config_raises(corpus, tmp_path):
+    checkpoint = tmp_path / "run.pt"
+    train(tiny_config(train={"max_steps": 10}), corpus=corpus, checkpoint_path=checkpoint)
+    with pytest.raises(TrainingError, match=r"train\.lr: 0\.003 -> 0\.001"):
+        train(tiny_config(train={"max_steps": 10, "lr": 1e-3}), corpus=corpus, checkpoint_path=checkpoint, resume=True)
+
+
+def test_mixture_of_experts_model_trains(corpus):
+    result = train(tiny_config(model={"n_experts": 4, "top_k_experts": 2}, train={"max_steps": 20}), corpus=corpus)
+    assert result.curve[-1].val_loss < result.curve[0].val_loss
+    assert result.params["router"] == 2 * 4 * 32
+    assert sum(result.gate_usage["1"]["experts"]["share"]) == pytest.approx(1.0)
+
+
+def test_vocabulary_smaller_than_tokenizer_raises(corpus):
+    with pytest.raises(ConfigError, match="model.vocab_size"):
+        train(tiny_config(model={"vocab_size": 100}), corpus=corpus)
+
+
+def test_token_budget_sets_steps():
+    config = tiny_config(train={"max_tokens": 5000})
+    assert budget_steps(config) == 5000 // (8 * 32)
+    assert budget_steps(tiny_config()) == 30
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_learning_rate_warmup_peak_and_floor(schedule):
+    settings = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule=schedule, decay_fraction=0.2)
+    assert learning_rate(0, settings, 100) == pytest.approx(0.1)
+    assert learning_rate(9, settings, 100) == pytest.approx(1.0)
+    assert learning_rate(99, settings, 100) == pytest.approx(0.1)
+    rates = [learning_rate(step, settings, 100) for step in range(10, 100)]
+    assert all(later <= earlier for earlier, later in zip(rates, rates[1:]))
+
+
+def test_wsd_is_stable_until_final_decay():
+    settings = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.0, schedule="wsd", decay_fraction=0.2)
+    assert learning_rate(79, settings, 100) == pytest.approx(1.0)
+    assert learning_rate(89, settings, 100) == pytest.approx(0.5)
+    assert learning_rate(99, settings, 100) == pytest.approx(0.0)
+
+
+def test_cosine_halfway_is_midpoint():
+    settings = TrainConfig(lr=1.0, warmup_steps=0, min_lr_ratio=0.0, schedule="cosine")
+    assert learning_rate(49, settings, 100) == pytest.approx(0.5)
+
+
+def test_weight_decay_only_on_matrices():
+    model = GPT.from_run_config(tiny_config(ffn={"kind": "la"}))
+    optimizer = build_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decayed["params"])
+    assert all(p.dim() == 1 for p in plain["params"])  # norm scales and LA weights
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+def test_device_selection():
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.device: 'cuda'"):
+            resolve_device("cuda")
