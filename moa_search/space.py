@@ -31,8 +31,8 @@ Rules:
 - Every dimension is one Optuna parameter named by its dotted key ("ffn.bank", "train.lr").
   A bank is a categorical parameter whose values are canonical bank strings ("gelu+relu+silu").
 - Conditional parameters (define-by-run): gate, temperature and top_k act only in MoA layers, so they
-  are suggested only when the layer's kind is moa; glu_mixing is suggested only for type glu with kind
-  la or moa. A setting that is not suggested keeps its FFNConfig default.
+  are suggested only when the layer's kind is moa. glu_mixing is suggested only for type glu with
+  kind la or moa. A setting that is not suggested keeps its FFNConfig default.
 - top_k and the bank: when either is searched, a top_k at or above the size of the sampled bank keeps
   every activation, which is dense mixing, so the run config stores top_k null. A top_k larger than
   every bank the space can produce is an error.
@@ -71,9 +71,10 @@ MAX_CHECKED_COMBINATIONS = 2000
 _MOA_ONLY = ("gate", "temperature", "top_k")
 # Suggested first in an FFN section because the conditional settings depend on them.
 _FFN_FIRST = ("bank", "kind", "type")
-# PyYAML (YAML 1.1) reads these words as booleans; under YAML 1.2 they are text.
+# PyYAML (YAML 1.1) reads these words as booleans, but under YAML 1.2 they are text.
 _YAML11_BOOLEAN_WORDS = {"yes", "no", "on", "off", "y", "n"}
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.]+")
+_DOTTED_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)+")
 
 
 class SearchSpace:
@@ -132,6 +133,17 @@ class SearchSpace:
                 _set(values, dimension.key, assignment[dimension.key])
         return assignment
 
+    def condition(self, key: str) -> str | None:
+        """Describe when a dimension is suggested, or None when it always is."""
+        section, name = key.rsplit(".", 1)
+        if section not in self._ffn_sections():
+            return None
+        if name in _MOA_ONLY:
+            return f"{section}.kind is moa"
+        if name == "glu_mixing":
+            return f"{section}.type is glu and {section}.kind is la or moa"
+        return None
+
     def _is_active(self, key: str, values: dict[str, dict[str, Any]]) -> bool:
         section, name = key.rsplit(".", 1)
         if name in _MOA_ONLY:
@@ -183,8 +195,8 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         """Return the resolved space as JSON-safe data with flat dotted keys (saved with the study).
 
-        "fixed" holds every setting that is not searched, defaults included, so a changed default is
-        a changed space; "dimensions" holds each dimension's definition.
+        "fixed" contains every setting that is not searched, defaults included, so a changed default
+        is a changed space. "dimensions" maps each dimension's key to its definition.
         """
         fixed = {key: value for key, value in _flatten(run_config_to_dict(self.base)).items() if key not in self._by_key}
         for section in self._ffn_sections():
@@ -373,10 +385,19 @@ def _check_boolean_word(key: str, value: Any) -> None:
 
 
 def locate_error(document: YamlDocument, error: ConfigError) -> ConfigError:
-    """Prefix an error whose message starts with a dotted key by the FILE:LINE of that key."""
-    match = _KEY_RE.match(str(error))
-    where = document.where(match.group(0)) if match else document.path
-    return ConfigError(f"{where}: {error}")
+    """Prefix an error by the FILE:LINE of the key it names.
+
+    The message starts with a key. When the file does not write that key (a default broke a rule
+    together with a searched value, such as d_model and a searched n_heads), the first other key of
+    the message that the file writes gives the line.
+    """
+    message = str(error)
+    match = _KEY_RE.match(message)
+    first = match.group(0) if match else ""
+    others = [key for key in _DOTTED_KEY_RE.findall(message) if key in document.lines]
+    key = first if first in document.lines or not others else others[0]
+    where = document.where(key)
+    return ConfigError(f"{where}: {message}")
 
 
 # ---------------------------------------------------------------------------------------------

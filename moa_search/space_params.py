@@ -1,9 +1,9 @@
 """Search dimensions of a search space: a list of choices, a numeric range, or a bank drawn from a pool.
 
 Each dimension is one Optuna parameter named by its dotted config key ("ffn.bank", "train.lr",
-"ffn_per_layer.0.gate"). A dimension knows how to suggest a value from an `optuna.Trial`, how to list
-its values for the grid sampler, which values stand for it when a space is checked before training,
-and how to describe itself as plain data (saved with the study and hashed for resume checks).
+"ffn_per_layer.0.gate"). A dimension suggests a value from an `optuna.Trial` and lists its values for
+the grid sampler. It also returns the values that represent it when a space is checked before
+training, and its plain form, which is saved with the study and hashed for resume checks.
 
 Banks are always suggested as canonical strings (`activations.bank_to_string`: sorted names joined
 by "+"), so a bank is one categorical parameter that every sampler, storage and report reads the
@@ -123,7 +123,11 @@ class Range:
         text = f"{self._cast(self.low)} .. {self._cast(self.high)}"
         if self.step is not None:
             text += f" step {self._cast(self.step)}"
-        return text + (" (log)" if self.log else "") + (" integer" if self.integer else "")
+        if self.log:
+            text += " (log)"
+        if self.integer:
+            text += " integer"
+        return text
 
 
 @dataclass(frozen=True)

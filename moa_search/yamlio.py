@@ -3,8 +3,8 @@
 PyYAML implements YAML 1.1, so by default `1e-3` loads as a string, `on`/`no` load as booleans,
 `2024-01-31` loads as a date and a duplicated key silently keeps the last value. Configs and search
 spaces are read through `load_yaml`, which follows the YAML 1.2 core schema for numbers, booleans and
-dates (a date stays a string), rejects duplicate keys and tab indentation, and records the line of
-every mapping key and list item so errors can point at it.
+dates (a date stays a string). It rejects duplicate keys and tab indentation, and it records the line
+of every mapping key and list item so errors can point at it.
 """
 
 from __future__ import annotations
