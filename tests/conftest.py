@@ -72,3 +72,69 @@ def sample_trials() -> list[FrozenTrial]:
                                                                "train_loss": 3.0, "val_loss": 3.2,
                                                                "tokens_per_second": 900.0, "eta_seconds": 12.0}),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# One real study, run once per test session through the search path that `moa-search run` uses
+
+# Grid over the learning rate, in the order the grid sampler draws with seed 0: 3e-3 completes,
+# 1e-6 learns nothing and is pruned at step 9, 1e3 makes the loss non-finite and fails. The study
+# name fixes Hyperband's bracket of each trial (a hash of name and number); with this name the
+# completed and the pruned trial share a bracket, so the pruning decision compares them.
+REPORT_SPACE = """
+study:
+  n_trials: 3
+  sampler: grid
+  pruner: hyperband
+  seed: 0
+model: {d_model: 16, n_layers: 2, n_heads: 2, context_length: 16}
+ffn:
+  kind: moa
+  bank: [relu, gelu, silu]
+  gate: softmax
+ffn_per_layer:
+  1: {kind: la}
+data: {max_documents: 10}
+train:
+  batch_size: 4
+  max_steps: 12
+  eval_interval: 3
+  eval_batches: 1
+  warmup_steps: 0
+  lr: {choices: [0.003, 1.0e-6, 1.0e+3]}
+"""
+REPORT_STUDY = "report-study"
+
+
+@pytest.fixture(scope="session")
+def report_study(tmp_path_factory) -> dict[str, Any]:
+    """Run the tiny study once: two baselines, one complete, one pruned and one failed trial.
+
+    Returns the storage URL, the study name and the results folder that holds the trial models.
+    """
+    from moa_search import paths
+    from moa_search.space import parse_space
+    from moa_search.storage import open_storage
+    from moa_search.study import create_or_resume
+    from moa_search.worker import run_trials
+
+    results = tmp_path_factory.mktemp("report_results")
+    url = f"sqlite:///{results / 'moa_search.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(paths.RESULTS_ENV, str(results))
+        space = parse_space(REPORT_SPACE, "report_space.yaml")
+        search = create_or_resume(open_storage(url), space, space.settings, study_name=REPORT_STUDY,
+                                  source=REPORT_SPACE)
+        run_trials(search, url)
+    states = {trial.number: trial.state for trial in search.study.get_trials(deepcopy=False)}
+    assert states == {0: TrialState.COMPLETE, 1: TrialState.COMPLETE, 2: TrialState.COMPLETE,
+                      3: TrialState.PRUNED, 4: TrialState.FAIL}, f"the report study changed shape: {states}"
+    return {"storage": url, "study": REPORT_STUDY, "results": results}
+
+
+@pytest.fixture
+def report_env(report_study, monkeypatch) -> dict[str, Any]:
+    """The report study, with the results folder and storage set in the environment as a user would."""
+    monkeypatch.setenv("MOA_SEARCH_RESULTS", str(report_study["results"]))
+    monkeypatch.setenv("MOA_SEARCH_STORAGE", report_study["storage"])
+    return report_study

@@ -24,7 +24,8 @@ def test_live_view_shows_budget_running_and_top(sample_trials):
     text = _render(live_view(sample_trials, "tiny", n_trials=10, elapsed_seconds=75, top=2))
     assert "5/10 complete · 1 running · 1 pruned · 1 failed · 1m15s elapsed" in text
     assert "trial 7 moa/mlp relu+gelu+silu" in text
-    assert "step 10/20" in text and "ETA 12s" in text
+    assert "step 10/20" in text
+    assert "ETA 12s" in text
     ranked_lines = [line for line in text.splitlines() if line.startswith("│")]
     assert len(ranked_lines) == 2  # top=2
     assert "-0.1000 (-4.17%)" in ranked_lines[0]
@@ -87,15 +88,15 @@ def test_live_mode_renders_final_state(storage_url):
 def test_unreadable_storage_warns_once(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="moa_search.display")
     missing = f"sqlite:///{tmp_path / 'missing.db'}"
-    shown = StudyDisplay(missing, "nothing", n_trials=1, refresh_seconds=0.05, mode="log")
-    with shown:
-        shown.refresh()
+    watcher = StudyDisplay(missing, "nothing", n_trials=1, refresh_seconds=0.05, mode="log")
+    with watcher:
+        watcher.refresh()
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "live display cannot read study nothing" in warnings[0]
 
 
 def test_quiet_mode_starts_no_thread(storage_url):
-    shown = StudyDisplay(storage_url, "watched", n_trials=1, mode="quiet")
-    with shown:
-        assert shown._thread is None
+    watcher = StudyDisplay(storage_url, "watched", n_trials=1, mode="quiet")
+    with watcher:
+        assert watcher._thread is None

@@ -49,9 +49,12 @@ def test_row_fields_follow_kind(sample_trials):
     assert moa["params"] == 100_002
     assert moa["tokens_per_second"] == 1002.0
     assert moa["duration_seconds"] == 32.0
-    assert fixed["is_baseline"] and fixed["baseline"] == "gelu"
-    assert fixed["gate"] is None and fixed["gate_share"] is None
-    assert la["gate"] is None and la["kind"] == "la"
+    assert fixed["is_baseline"]
+    assert fixed["baseline"] == "gelu"
+    assert fixed["gate"] is None
+    assert fixed["gate_share"] is None
+    assert la["gate"] is None
+    assert la["kind"] == "la"
     assert rows[1]["glu_mixing"] is None  # a fixed GLU mixes nothing
 
 
@@ -108,7 +111,8 @@ def test_invalid_options_raise(sample_trials):
 def test_table_shows_marks_and_reasons(sample_trials):
     text = _render(leaderboard_renderable(build_leaderboard(sample_trials, study_name="tiny")))
     assert "Leaderboard of study tiny" in text
-    assert "◆gelu" in text and "◆swiglu" in text
+    assert "◆gelu" in text
+    assert "◆swiglu" in text
     assert "⚠ collapse" in text
     assert "-0.1000 (-4.17%)" in text
     assert "TrainingError: loss is nan at step 12" in text
@@ -121,7 +125,8 @@ def test_usage_cell_lists_each_activation(sample_trials):
     row = build_leaderboard(sample_trials).ranked[0]
     text = gate_usage_cell(row).plain
     assert text.startswith("relu ")
-    assert "relu ▄40" in text and "gelu ▃30" in text
+    assert "relu ▄40" in text
+    assert "gelu ▃30" in text
     assert text.endswith("H 0.90")
 
 
