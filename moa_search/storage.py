@@ -16,6 +16,8 @@ Environment variables (whole seconds, because Optuna takes integers):
   (default 3 × the heartbeat interval).
 - MOA_SEARCH_STORAGE_RETRY_SECONDS: how long a worker keeps retrying a lost database connection
   before it gives up (default 120).
+- MOA_SEARCH_CONNECT_TIMEOUT_SECONDS: how long one connection attempt to a PostgreSQL or MySQL
+  server may take before it fails (default 10), so an unreachable host gives an error, not a hang.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_ENV = "MOA_SEARCH_HEARTBEAT_SECONDS"
 GRACE_ENV = "MOA_SEARCH_GRACE_SECONDS"
 RETRY_ENV = "MOA_SEARCH_STORAGE_RETRY_SECONDS"
+CONNECT_TIMEOUT_ENV = "MOA_SEARCH_CONNECT_TIMEOUT_SECONDS"
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 10
 DEFAULT_HEARTBEAT_SECONDS = 30
 SQLITE_BUSY_TIMEOUT_SECONDS = 60
 
@@ -164,6 +168,10 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
     elif make_url(full_url).get_backend_name() != "sqlite":
         # Servers drop idle connections; check each one before use instead of failing a trial.
         engine_kwargs["pool_pre_ping"] = True
+        if make_url(full_url).get_backend_name() in ("postgresql", "mysql", "mariadb"):
+            # psycopg2, psycopg and PyMySQL all take connect_timeout; without it libpq waits forever.
+            engine_kwargs["connect_args"] = {
+                "connect_timeout": _env_int(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT_SECONDS)}
     heartbeat_kwargs: dict = {}
     try:
         with warnings.catch_warnings():
