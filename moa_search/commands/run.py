@@ -43,16 +43,37 @@ def _child_log_flags() -> list[str]:
     return ["-q"] if display_mode() in ("live", "quiet") else []
 
 
-def _worker_devices(workers: int, device: Optional[str]) -> list[Optional[str]]:
-    """Pick each worker's device: the --device given, else one CUDA device per worker when several exist."""
-    if device is not None:
-        return [device] * workers
+def _gpu_count() -> int:
     import torch
 
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count > 1:
-        return [f"cuda:{index % count}" for index in range(workers)]
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def worker_devices(workers: int, device: Optional[str], gpu_count: int) -> list[Optional[str]]:
+    """Pick each worker's device: the --device given, else the GPUs in turn when there are several.
+
+    None leaves the device to train.device. With more workers than GPUs, GPUs take several workers.
+    """
+    if device is not None:
+        return [device] * workers
+    if gpu_count > 1:
+        return [f"cuda:{index % gpu_count}" for index in range(workers)]
     return [None] * workers
+
+
+def check_device(device: Optional[str], gpu_count: int) -> None:
+    """Raise ConfigError when --device names a CUDA device this machine does not have."""
+    if device is None or not device.startswith("cuda"):
+        return
+    index_text = device.partition(":")[2]
+    if device != "cuda" and not (device.startswith("cuda:") and index_text.isdigit()):
+        raise ConfigError(f"--device {device!r} is not a device name; use auto, cpu, cuda or cuda:N")
+    if gpu_count == 0:
+        raise ConfigError(f"--device {device!r} requested but CUDA is not available on this machine; "
+                          "use --device cpu (or auto), or run this worker on a machine with a GPU")
+    if index_text and int(index_text) >= gpu_count:
+        raise ConfigError(f"--device {device!r} requested but this machine has {gpu_count} GPU(s), "
+                          f"cuda:0 to cuda:{gpu_count - 1}")
 
 
 def _start_workers(study_name: str, storage_url: str, workers: int, *, seed: Optional[int],
@@ -60,7 +81,7 @@ def _start_workers(study_name: str, storage_url: str, workers: int, *, seed: Opt
     # The URL goes through the environment, so a password never shows in the process list.
     env = {**os.environ, STORAGE_ENV: storage_url}
     processes = []
-    for index, worker_device in enumerate(_worker_devices(workers, device)):
+    for index, worker_device in enumerate(worker_devices(workers, device, _gpu_count())):
         command = [sys.executable, "-m", "moa_search.worker", *_child_log_flags(), "worker", "--study", study_name]
         if seed is not None:
             # Each worker gets its own seed, or all of them would propose the same parameters.
@@ -131,6 +152,7 @@ def run_command(
                                              sampler=sampler, pruner=pruner, seed=seed)
     study_name = settings.name or space.study_name
     storage_url = _storage_url(storage)
+    check_device(device, _gpu_count())
     if workers > SQLITE_WORKER_LIMIT and is_sqlite(storage_url):
         logger.warning("%d workers share one SQLite file; above %d they mostly wait for its lock. Use a "
                        "PostgreSQL storage (--storage postgresql://...) for many workers or several machines",
@@ -178,6 +200,7 @@ def worker_command(
 
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"--timeout must be > 0 seconds, got {timeout}")
+    check_device(device, _gpu_count())
     run_worker(WorkerOptions(study_name=study, storage_url=_storage_url(storage), n_trials=n_trials,
                              timeout_seconds=timeout, sampler=sampler, pruner=pruner, seed=seed, device=device))
 
