@@ -76,6 +76,16 @@ def check_device(device: Optional[str], gpu_count: int) -> None:
                           f"cuda:0 to cuda:{gpu_count - 1}")
 
 
+def sqlite_worker_warning(storage_url: str, workers: int) -> Optional[str]:
+    """Return the warning for more local workers than one SQLite file serves well, else None."""
+    from moa_search.storage import is_sqlite
+
+    if workers <= SQLITE_WORKER_LIMIT or not is_sqlite(storage_url):
+        return None
+    return (f"{workers} workers share one SQLite file; above {SQLITE_WORKER_LIMIT} they mostly wait for its lock. "
+            "Use a PostgreSQL storage (--storage postgresql://...) for many workers or several machines")
+
+
 def _start_workers(study_name: str, storage_url: str, workers: int, *, seed: Optional[int],
                    timeout: Optional[float], device: Optional[str]) -> list[subprocess.Popen]:
     # The URL goes through the environment, so a password never shows in the process list.
@@ -137,13 +147,13 @@ def run_command(
     sampler: Optional[str] = typer.Option(None, "--sampler", help=_SAMPLER_HELP),
     pruner: Optional[str] = typer.Option(None, "--pruner", help=_PRUNER_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help=_SEED_HELP),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes to start on this machine (one per GPU when several GPUs exist)."),
+    workers: int = typer.Option(1, "--workers", min=0, help="Worker processes to start on this machine (one per GPU when several GPUs exist). 0 creates or updates the study and trains nothing, for workers started with `moa-search worker`."),
     device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
     fork: bool = typer.Option(False, "--fork", help="When the study exists with a different space, start a new study NAME-fork-N from the edited space instead of failing."),
 ) -> None:
     """Create a study for a search space, or resume it, and run trials until its budget is reached."""
     from moa_search.space import load_space
-    from moa_search.storage import is_sqlite, open_storage
+    from moa_search.storage import open_storage
     from moa_search.study import create_or_resume
     from moa_search.worker import run_trials
 
@@ -153,12 +163,15 @@ def run_command(
     study_name = settings.name or space.study_name
     storage_url = _storage_url(storage)
     check_device(device, _gpu_count())
-    if workers > SQLITE_WORKER_LIMIT and is_sqlite(storage_url):
-        logger.warning("%d workers share one SQLite file; above %d they mostly wait for its lock. Use a "
-                       "PostgreSQL storage (--storage postgresql://...) for many workers or several machines",
-                       workers, SQLITE_WORKER_LIMIT)
+    warning = sqlite_worker_warning(storage_url, workers)
+    if warning:
+        logger.warning("%s", warning)
     search = create_or_resume(open_storage(storage_url), space, settings, study_name=study_name,
                               source=Path(space_path).read_text(encoding="utf-8"), fork=fork)
+    if workers == 0:
+        logger.info("Study %r is ready with a budget of %d finished search trials; start workers with "
+                    "`moa-search worker --study %s --storage URL`", search.name, search.n_trials, search.name)
+        return
     display = _display(storage_url, search.name, search.n_trials)
     with display:
         if workers == 1:
