@@ -39,7 +39,7 @@ def invoke(*args: str):
 
 
 def test_validate_shipped_spaces():
-    files = sorted(str(path) for path in SPACES_DIR.glob("*.yaml"))
+    files = [str(SPACES_DIR / f"{name}.yaml") for name in ("quick", "paper", "gate_ablation", "gpu")]
     result = invoke("spaces", "validate", *files)
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
