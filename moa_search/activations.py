@@ -42,7 +42,7 @@ class Activation:
     backward: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def input_gradient(self, grad: Tensor, u: Tensor) -> Tensor:
-        """Return grad ⊙ σ'(u), with the fused kernel when the entry has one."""
+        """Return grad ⊙ σ'(u), with the fused kernel when the entry has one (identity returns grad)."""
         if self.backward is not None:
             return self.backward(grad, u)
         return grad * self.derivative(u)
@@ -90,7 +90,7 @@ _aten = torch.ops.aten
 
 def _entries() -> list[Activation]:
     return [
-        Activation("identity", "u", "linear (no activation); the floor of an FFN's cost",
+        Activation("identity", "u", "linear (no activation), the floor of an FFN's cost",
                    lambda u: u, torch.ones_like, lambda grad, u: grad),
         Activation("relu", "max(0, u)", "Nair & Hinton 2010",
                    torch.relu, lambda u: (u > 0).to(u.dtype),

@@ -48,9 +48,9 @@ class FeedForward(nn.Module):
     Args:
         d_model: input and output width.
         d_hidden: hidden width of W1 (and W2 for Type-II).
-        config: the layer's kind, type, bank and gate settings; validated here.
-        mixing: "lean" (default; recompute in backward), "compiled" (default when config.compile)
-            or "reference" (the plain stacked formula, for tests and benchmarks).
+        config: the layer's kind, type, bank and gate settings, validated here.
+        mixing: "lean" (recomputes in backward, the default), "compiled" (the default when
+            config.compile is set) or "reference" (the plain stacked formula, for tests and benchmarks).
 
     Set `track_gate_usage = True` to accumulate gate usage during forward passes (see
     `read_gate_usage`). It is off by default because it adds a few small kernels per step.
@@ -103,7 +103,7 @@ class FeedForward(nn.Module):
                 weights.fill_(1.0 / len(self.bank))
 
     def gate_parameters(self) -> list[nn.Parameter]:
-        """Return the gate matrices (MoA) or mixing weights (LA); empty for kind fixed."""
+        """Return the gate matrices (MoA) or mixing weights (LA), an empty list for kind fixed."""
         candidates = (self.gate, self.gate_second, self.la_weights, self.la_weights_second)
         return [parameter for parameter in candidates if parameter is not None]
 
@@ -139,21 +139,21 @@ class FeedForward(nn.Module):
 
     @staticmethod
     def _per_token(weights: Tensor, x: Tensor) -> Tensor:
-        """Return weights as [N..., K]; LA's shared [K] weights are broadcast to every token."""
+        """Return weights as [N..., K], broadcasting LA's shared [K] weights to every token."""
         if weights.dim() == 1:
             return weights.expand(*x.shape[:-1], weights.shape[0])
         return weights
 
     @torch.no_grad()
     def gate_weights(self, x: Tensor) -> Tensor | None:
-        """Return the first branch's float32 weights [..., K] for input x (LA: broadcast); None if fixed."""
+        """Return the first branch's float32 weights [..., K] for input x (LA: broadcast), or None if fixed."""
         if self.config.kind == "fixed":
             return None
         return self._per_token(self._branch_weights(x, second=False), x).float()
 
     @torch.no_grad()
     def mixing_weights(self) -> Tensor | None:
-        """Return LA's first-branch weights α [K] as a float32 copy; None for other kinds."""
+        """Return LA's first-branch weights α [K] as a float32 copy, or None for other kinds."""
         if self.la_weights is None:
             return None
         return self.la_weights.detach().float().clone()

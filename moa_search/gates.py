@@ -18,7 +18,7 @@ Tensor = torch.Tensor
 
 # Logits (after dividing by the temperature) are clamped to this range. Every gate function is
 # saturated well before it in float32 (sigmoid(±104) is already 0 or 1 and softmax underflows past
-# a gap of 104), so the clamp changes no weight; it keeps a tiny temperature from producing ±inf
+# a gap of 104), so the clamp changes no weight. It keeps a tiny temperature from producing ±inf
 # logits, which would turn softmax into NaN and the backward pass into inf · 0.
 LOGIT_LIMIT = 1.0e4
 
@@ -31,7 +31,7 @@ def gate_logits(x: Tensor, gate_weight: Tensor, temperature: float) -> Tensor:
 
 
 def top_k_mask(scores: Tensor, k: int) -> Tensor:
-    """Return a bool mask [N..., K] of the k largest scores per token; ties go to the lower index.
+    """Return a bool mask [N..., K] of the k largest scores per token, ties going to the lower index.
 
     A stable descending sort keeps equal scores in index order, which `torch.topk` does not promise.
     """
@@ -48,7 +48,7 @@ def gate_function(logits: Tensor, gate: str, top_k: int | None) -> Tensor:
     tanh) and the others become 0. For softmax the kept weights are divided by their sum, and that
     sum is detached: the forward value is the renormalised weight, but the gradient flows as if the
     kept probabilities were used unnormalised. With the exact renormalised gradient, top-1 would give
-    the gate a zero gradient (its only weight is always 1); this way the gate still learns.
+    the gate a zero gradient because its only weight is always 1. This way the gate still learns.
     """
     if gate == "sigmoid":
         weights = torch.sigmoid(logits)
@@ -105,7 +105,7 @@ class GateUsage(nn.Module):
         self.tokens.add_(flat.shape[0])
 
     def read(self) -> dict:
-        """Return {activations, share, mean_weight, entropy, tokens}; zeros before any update."""
+        """Return {activations, share, mean_weight, entropy, tokens}, all zero before any update."""
         tokens = int(self.tokens.item())
         denominator = max(tokens, 1)
         return {

@@ -10,7 +10,7 @@ Three implementations of the same function, selected by name:
 - "compiled": the same loop written with plain ops (accumulate, no stack) under torch.compile, which
   fuses the loop into one kernel forward and one backward and recomputes instead of saving.
 
-Shapes: u1, u2 [N..., H] pre-activations; weights [N..., K] per token (MoA) or [K] shared (LA).
+Shapes: u1, u2 [N..., H] are pre-activations. Weights are [N..., K] per token (MoA) or [K] shared (LA).
 The second branch is absent (Type-I), linear (one-sided GLU: u2 with w2 None) or mixed too
 (bi-sided GLU: u2 with its own w2).
 """
@@ -84,7 +84,7 @@ def _mix_backward(u: Tensor, weights: Tensor, grad_mix: Tensor, bank: tuple[str,
                   need_u: bool, need_weights: bool) -> tuple[Tensor | None, Tensor | None]:
     """Return (dL/du, dL/dweights) of Σ_k w_k σ_k(u) given dL/d(mix), recomputing σ_k.
 
-    dL/du = Σ_k σ_k'(u) ⊙ (w_k dL/dmix), each term through the activation's fused backward kernel.
+    dL/du = Σ_k w_k (σ_k'(u) ⊙ dL/dmix), each term through the activation's fused backward kernel.
     dL/dw_k = Σ_hidden dL/dmix ⊙ σ_k(u), as an einsum so the product is never materialised.
     """
     cast_weights = weights.to(u.dtype)
@@ -96,8 +96,10 @@ def _mix_backward(u: Tensor, weights: Tensor, grad_mix: Tensor, bank: tuple[str,
             column = torch.einsum("...h,...h->...", grad_mix, activation.fn(u))
             grad_weight_columns.append(column.float())
         if need_u:
-            term = activation.input_gradient(grad_mix * _weight(cast_weights, k), u)
-            grad_u = term if grad_u is None else grad_u.add_(term)
+            # w_k is applied after the kernel so that it fuses with the accumulation (addcmul).
+            term = activation.input_gradient(grad_mix, u)
+            weight = _weight(cast_weights, k)
+            grad_u = term * weight if grad_u is None else grad_u.addcmul_(term, weight)
     grad_weights = None
     if need_weights:
         grad_weights = torch.stack(grad_weight_columns, dim=-1)

@@ -70,7 +70,7 @@ def bench_cases(bank_sizes: tuple[int, ...] = (2, 4, 6), compiled: bool = True,
 def saved_bytes(layer: FeedForward, x: torch.Tensor) -> int:
     """Return the bytes autograd keeps for backward in one forward pass, each storage counted once.
 
-    Parameters are left out (they exist anyway); the input x is counted once in every row.
+    Parameters are left out because they exist anyway. The input x is counted in every row.
     """
     parameter_storages = {parameter.untyped_storage().data_ptr() for parameter in layer.parameters()}
     storages: dict[int, int] = {}
