@@ -211,16 +211,18 @@ def is_sqlite(url: str) -> bool:
         return False
 
 
-def with_retries(action: Callable[[], T], what: str, url: str, *, max_seconds: float | None = None) -> T:
+def with_retries(action: Callable[[], T], what: str, url: str, *, max_seconds: float | None = None,
+                 first_delay: float = 1.0) -> T:
     """Run `action`, retrying with exponential backoff while the database is unreachable.
 
     A worker that loses its connection (server restart, network blip) waits and retries instead of
     losing its trial. After `max_seconds` (default MOA_SEARCH_STORAGE_RETRY_SECONDS, else 120) it
-    raises StorageError naming the URL without its password.
+    raises StorageError naming the URL without its password. The delay starts at `first_delay`
+    seconds and doubles up to 30 s.
     """
     budget = max_seconds if max_seconds is not None else _env_int(RETRY_ENV, 120)
     deadline = time.monotonic() + budget
-    delay = 1.0
+    delay = first_delay
     attempt = 1
     while True:
         try:
