@@ -103,7 +103,11 @@ class SearchSpace:
     # -- sampling ------------------------------------------------------------------------------
 
     def sample(self, trial: optuna.Trial) -> RunConfig:
-        """Suggest a value for every active dimension and return the resulting RunConfig."""
+        """Suggest a value for every active dimension and return the resulting RunConfig.
+
+        Raises ConfigError when the sampled combination breaks a config rule. The load-time checks
+        rule that out for spaces with at most MAX_CHECKED_COMBINATIONS combinations of checked values.
+        """
         assignment = self._assign(lambda dimension: dimension.suggest(trial))
         try:
             return self.build(assignment)
@@ -189,6 +193,23 @@ class SearchSpace:
                 return None
             count *= len(values)
         return count
+
+    def distinct_size(self, limit: int = 10_000) -> int | None:
+        """Return how many different run configs the grid points give, or None when continuous or over `limit`.
+
+        Fewer than `size()` when settings are conditional (a la trial ignores the gate) or a top_k
+        resolves to dense mixing.
+        """
+        size = self.size()
+        if size is None or size > limit:
+            return None
+        grid = self.grid()
+        configs = set()
+        for combination in itertools.product(*grid.values()):
+            table = dict(zip(grid, combination))
+            config = self.build(self._assign(lambda dimension: table[dimension.key]))
+            configs.add(json.dumps(run_config_to_dict(config), sort_keys=True))
+        return len(configs)
 
     # -- plain form and hash -------------------------------------------------------------------
 

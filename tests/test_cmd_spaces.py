@@ -72,6 +72,7 @@ def test_show_json_for_finite_space(grid_file):
     summary = json.loads(result.stdout)
     assert summary["study_name"] == "grid_demo"
     assert summary["size"] == 6
+    assert summary["distinct_configs"] == 6
     assert summary["continuous"] is False
     assert [row["key"] for row in summary["dimensions"]] == ["ffn.bank", "ffn.gate"]
     assert summary["dimensions"][0]["definition"] == {"choices": ["relu", "gelu+relu"]}

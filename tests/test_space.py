@@ -284,6 +284,16 @@ def test_grid_enumerates_finite_space():
     assert len(seen) == parsed.size()
 
 
+def test_distinct_size_skips_inactive_settings():
+    parsed = space("ffn:\n  kind: {choices: [la, moa]}\n  bank: {choices: [[relu], [gelu, relu]]}\n"
+                   "  gate: {choices: [sigmoid, tanh]}\n  top_k: {choices: [null, 1]}\n")
+    assert parsed.size() == 16
+    # la: 2 banks. moa: relu with 2 gates (top_k 1 is dense), gelu+relu with 2 gates x 2 top_k.
+    assert parsed.distinct_size() == 2 + 2 + 4
+    assert parsed.distinct_size(limit=10) is None
+    assert space(QUICK).distinct_size() is None
+
+
 def test_grid_with_float_step():
     parsed = space("train:\n  lr: {low: 0.001, high: 0.003, step: 0.001}\n")
     assert parsed.grid() == {"train.lr": [0.001, 0.002, 0.003]}

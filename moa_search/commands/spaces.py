@@ -54,6 +54,7 @@ def space_summary(space: SearchSpace) -> dict[str, Any]:
         "study_name": space.study_name,
         "hash": space.hash(),
         "size": size,
+        "distinct_configs": space.distinct_size(),
         "continuous": size is None,
         "dimensions": dimension_rows(space),
         "fixed": resolved["fixed"],
@@ -61,8 +62,12 @@ def space_summary(space: SearchSpace) -> dict[str, Any]:
     }
 
 
-def _size_text(size: int | None) -> str:
-    return "continuous" if size is None else f"{size} grid points"
+def _size_text(size: int | None, distinct: int | None = None) -> str:
+    if size is None:
+        return "continuous"
+    if distinct is not None and distinct != size:
+        return f"{size} grid points ({distinct} distinct run configs)"
+    return f"{size} grid points"
 
 
 def _render(summary: dict[str, Any], written: set[str]) -> Group:
@@ -79,7 +84,7 @@ def _render(summary: dict[str, Any], written: set[str]) -> Group:
         fixed.add_row(key, json.dumps(value), "file" if key in written else "default")
     study = ", ".join(f"{key}={value}" for key, value in summary["study"].items() if value is not None)
     footer = Text(
-        f"size: {_size_text(summary['size'])}\nstudy: {summary['study_name']} ({study})\nhash: {summary['hash']}"
+        f"size: {_size_text(summary['size'], summary['distinct_configs'])}\nstudy: {summary['study_name']} ({study})\nhash: {summary['hash']}"
     )
     return Group(dimensions, fixed, footer)
 
