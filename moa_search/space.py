@@ -360,6 +360,8 @@ def _sections(data: dict[str, Any]) -> list[tuple[str, type, Any]]:
         raise ConfigError(f"ffn_per_layer: must map layer indices to FFN settings, got {layers!r}")
     per_layer = []
     for raw_index, values in layers.items():
+        if isinstance(raw_index, str) and raw_index.isdigit():
+            raw_index = int(raw_index)  # a quoted index such as "0"
         if not isinstance(raw_index, int) or isinstance(raw_index, bool):
             raise ConfigError(f"ffn_per_layer.{raw_index}: keys must be layer indices (0, 1, ...)")
         per_layer.append((f"ffn_per_layer.{raw_index}", FFNConfig, values))

@@ -121,6 +121,18 @@ def test_fixed_bank_as_list_is_not_choices():
     assert parsed.size() == 1
 
 
+def test_bank_size_as_one_number():
+    bank = space("ffn:\n  kind: la\n  bank: {from: [relu, gelu, silu], size: 2}\n").dimensions[0]
+    assert bank.banks == ("gelu+relu", "relu+silu", "gelu+silu")
+
+
+def test_int_log_range_and_quoted_layer_index():
+    parsed = space('model:\n  d_model: {low: 32, high: 128, log: true}\nffn_per_layer:\n  "0":\n    kind: la\n')
+    assert parsed.dimensions[0].integer
+    assert parsed.base.model.d_model == 64
+    assert parsed.base.ffn_for_layer(0).kind == "la"
+
+
 def test_bank_choices_accept_canonical_strings():
     parsed = space("ffn:\n  kind: la\n  bank: {choices: [gelu+relu, [silu]]}\n")
     assert parsed.dimensions[0].banks == ("gelu+relu", "silu")
@@ -143,6 +155,10 @@ def test_gate_word_no_is_text_for_config_to_reject():
     ("ffn:\n  kind: moa\n  temperature: 0\n", 3, "ffn.temperature: must be > 0"),
     ("train:\n  lr: {low: 0, high: 1e-2, log: true}\n", 2, "log range needs low > 0"),
     ("train:\n  lr: {low: 1e-2, high: 1e-3}\n", 2, "low must be <= high"),
+    ("train:\n  lr: {low: 1e-3, high: 1e-2, log: true, step: 1e-3}\n", 2, "cannot have a step"),
+    ("model:\n  dropout: {low: 0.0, high: 1.0}\n", 2, "model.dropout: must be in [0, 1)"),
+    ("train:\n  batch_size: {choices: [8, 0]}\n", 2, "train.batch_size: must be >= 1"),
+    ("ffn_per_layer:\n  first:\n    kind: la\n", 2, "layer indices"),
     ("ffn:\n  gate: {choices: []}\n", 2, "non-empty list"),
     ("ffn:\n  bank: {from: [relu, gelo]}\n", 2, "gelo"),
     ("ffn:\n  bank: {choices: [[relu, relu], [gelu]]}\n", 2, "relu"),
