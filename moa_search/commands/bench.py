@@ -97,4 +97,7 @@ def bench_ffn(
 
 def register(app: typer.Typer) -> None:
     """Add the `bench` command group to the main app (other benchmarks add commands to bench_app)."""
+    from moa_search.commands.bench_model import register_bench  # bench model, compare, overhead
+
+    register_bench(bench_app)
     app.add_typer(bench_app, name="bench")
