@@ -2,8 +2,8 @@
 
 `StudyDisplay` polls the study storage from a background thread, so it shows trials of every worker
 that writes to the same storage, not only those of this process. On a terminal it animates a Rich
-Live panel on stderr; when stderr is not a terminal, NO_COLOR is set or --quiet was given it writes
-plain log lines instead (one per trial start, evaluation and finish), or nothing under --quiet.
+Live panel on stderr. When stderr is not a terminal or NO_COLOR is set, it writes plain log lines
+instead (one per trial start, evaluation and finish). Under --quiet it shows nothing.
 """
 
 from __future__ import annotations
@@ -43,15 +43,21 @@ def display_mode() -> str:
 
 
 def budget_line(trials: Sequence[FrozenTrial], n_trials: int | None, elapsed_seconds: float) -> RenderableType:
-    """Render the overall budget: completed trials of n_trials (the budget counts completed trials)."""
+    """Render the overall budget: finished (complete or pruned) search trials of n_trials.
+
+    Baselines and failed trials do not count toward the budget, the same rule the workers follow.
+    """
+    from moa_search.study import count_budget
+
+    budget = count_budget(trials)
     counts = _count_states(trials)
-    completed = counts["complete"]
     grid = Table.grid(padding=(0, 1))
     grid.add_row(
         Text("budget", style="bold"),
-        ProgressBar(total=n_trials or max(completed, 1), completed=completed, width=30),
-        Text(f"{completed}/{n_trials if n_trials else '?'} complete · {counts['running']} running · "
-             f"{counts['pruned']} pruned · {counts['fail']} failed · {format_duration(elapsed_seconds)} elapsed"),
+        ProgressBar(total=n_trials or max(budget.finished, 1), completed=budget.finished, width=30),
+        Text(f"{budget.finished}/{n_trials if n_trials else '?'} search trials finished · {counts['running']} running · "
+             f"{counts['complete']} complete · {counts['pruned']} pruned · {counts['fail']} failed · "
+             f"{format_duration(elapsed_seconds)} elapsed"),
     )
     return grid
 
@@ -100,7 +106,7 @@ def live_view(trials: Sequence[FrozenTrial], study_name: str, n_trials: int | No
 
 @dataclass
 class _Seen:
-    """What the log mode already reported per trial, so each event is logged once."""
+    """Trial states and steps already logged, so each event is logged once."""
 
     states: dict[int, TrialState] = field(default_factory=dict)
     steps: dict[int, int] = field(default_factory=dict)
@@ -143,9 +149,9 @@ def finish_line(row: dict[str, Any], board: Leaderboard) -> str:
 class StudyDisplay:
     """Context manager that shows a study's progress while the body runs trials.
 
-    Use as `with StudyDisplay(storage_url, study_name, n_trials): study.optimize(...)`. A background
-    thread reads the storage every `refresh_seconds`; errors while reading are logged once and
-    retried at the next refresh, so the display never stops the search.
+    Use as `with StudyDisplay(storage_url, study_name, n_trials): run_trials(...)`. A background
+    thread reads the storage every `refresh_seconds`. A read error is logged once and the read is
+    retried at the next refresh, because the display must not stop the search.
     """
 
     def __init__(self, storage_url: str, study_name: str, n_trials: int | None, *,

@@ -1,9 +1,9 @@
-"""What a trained trial learned: which tokens each activation wins, mixing weights, effective curves.
+"""Inspection of a trained trial: the tokens each activation wins, mixing weights, effective curves.
 
 The trial's weights come from the `model.pt` artifact stored when the trial finished, so nothing is
 retrained. Validation tokens are run through the model with forward pre-hooks on the feedforward
-layers; for each token the gate weights of the first gated branch decide which activation wins
-(the largest absolute weight, as in the layer's gate usage; ties go to the lower bank index).
+layers. For each token, the activation with the largest absolute gate weight of the first gated
+branch wins, the same rule as the layer's gate usage, and ties go to the lower bank index.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from moa_search.errors import StudyError
 
 logger = logging.getLogger(__name__)
 
-# Validation tokens scanned for token preferences; enough for stable top-10 lists on a byte or
-# small BPE vocabulary while staying a few seconds on a CPU.
+# Validation tokens scanned for token preferences. This is an estimate of enough tokens for stable
+# top-10 lists on a byte vocabulary while the scan stays within seconds on a CPU.
 DEFAULT_SCAN_TOKENS = 16_384
 
 
@@ -42,7 +42,8 @@ def read_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     state_dict = saved.get("state_dict", saved.get("model")) if isinstance(saved, dict) else None
     config = saved.get("config") if isinstance(saved, dict) else None
     if not isinstance(state_dict, dict) or not isinstance(config, dict):
-        raise StudyError(f"{path} holds no 'state_dict' and 'config'; it was not written by moa-search")
+        raise StudyError(f"{path} lacks the 'state_dict' and 'config' entries, so moa-search did not write it; "
+                         "rerun the trial to store its model again")
     # A model trained under torch.compile saves its weights under the "_orig_mod." prefix.
     state_dict = {key.removeprefix("_orig_mod."): value for key, value in state_dict.items()}
     return state_dict, config
@@ -236,7 +237,7 @@ def build_inspection(trial, *, study_name: str, results_dir: Path | None = None,
     """Collect everything `moa-search inspect` shows about one trial, as JSON-safe data.
 
     Config, metrics, curve and gate usage come from the study storage. Token preferences, mixing
-    weights and effective curves need the stored model; without it "model_note" says why they are
+    weights and effective curves need the stored model; without it "model_note" explains why they are
     missing.
     """
     from moa_search.records import trial_record

@@ -28,19 +28,25 @@ def config_tree(inspection: dict[str, Any]) -> Tree:
                 branch.add(f"{sub_key}: {_metric_text(sub_key, sub_value)}")
         else:
             metrics.add(f"{key}: {_metric_text(key, value)}")
+    # One wrapped line per config section keeps the full resolved config readable at a glance.
     config = tree.add(Text("config", style="bold"))
     for section, values in (inspection.get("config") or {}).items():
-        branch = config.add(section)
-        if isinstance(values, dict):
-            for key, value in values.items():
-                branch.add(f"{key}: {value}" if not isinstance(value, dict) else f"{key}: {_inline(value)}")
-        else:
-            branch.add(str(values))
+        line = Text(f"{section}: ", style="bold")
+        line.append(_inline(values) if isinstance(values, dict) else str(values))
+        config.add(line)
     return tree
 
 
-def _inline(values: dict[str, Any]) -> str:
-    return ", ".join(f"{key}={value}" for key, value in values.items())
+def _inline(values: dict[Any, Any]) -> str:
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            parts.append(f"{key}=({_inline(value)})")
+        elif isinstance(value, list):
+            parts.append(f"{key}={'+'.join(map(str, value))}")
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)
 
 
 def _metric_text(key: str, value: Any) -> str:
@@ -132,15 +138,31 @@ def mixing_view(inspection: dict[str, Any]) -> RenderableType:
     if curves:
         table = Table(title="Effective activation Σ w_k σ_k(u) for u from "
                             f"{_first_u(curves):g} to {_last_u(curves):g}", title_justify="left", header_style="bold")
-        for name in ("layer", "weights from", "curve"):
-            table.add_column(name)
+        table.add_column("layer")
+        table.add_column("weights from")
+        table.add_column("curve")
+        for u in _SAMPLE_POINTS:
+            table.add_column(f"u={u:g}", justify="right")
         for layer, item in sorted(curves.items(), key=lambda entry: int(entry[0])):
             for index, (label, values) in enumerate(item["curves"].items()):
-                table.add_row(str(layer) if index == 0 else "", label, Text(sparkline(values[::4]), style="cyan"))
+                samples = [format_number(_value_at(item["u"], values, u), 3) for u in _SAMPLE_POINTS]
+                table.add_row(str(layer) if index == 0 else "", label, Text(sparkline(values[::4]), style="cyan"), *samples)
         parts.append(table)
     if not parts:
         return Text("No mixing weights: this model has fixed activations.", style="dim")
     return Group(*parts)
+
+
+# Inputs at which the effective activation is printed as numbers next to its sparkline.
+_SAMPLE_POINTS = (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0)
+
+
+def _value_at(grid: list[float], values: list[float], u: float) -> float | None:
+    """Return the curve value at the grid point nearest to u."""
+    if not grid:
+        return None
+    nearest = min(range(len(grid)), key=lambda index: abs(grid[index] - u))
+    return values[nearest]
 
 
 def _first_u(curves: dict[Any, dict[str, Any]]) -> float:

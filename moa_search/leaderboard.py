@@ -17,7 +17,7 @@ from moa_search.errors import MoaSearchError
 from moa_search.records import trial_record
 
 # A layer counts as collapsed when one activation is the largest gate weight for more than this
-# share of its tokens; a trial is marked when every layer with gates is collapsed.
+# share of its tokens. A trial is marked as collapsed when every layer with gates is collapsed.
 COLLAPSE_SHARE = 0.95
 
 STATES = {
@@ -97,6 +97,9 @@ def trial_row(trial: FrozenTrial, best_baseline_loss: float | None = None) -> di
     val_loss = metrics.get("val_loss")
     if val_loss is None and trial.state == TrialState.COMPLETE and trial.values:
         val_loss = trial.values[0]
+    if val_loss is None and trial.intermediate_values:
+        # Pruned and failed trials show their last reported loss; they are never ranked by it.
+        val_loss = trial.intermediate_values[max(trial.intermediate_values)]
     delta = delta_percent = None
     if trial.state == TrialState.COMPLETE and _finite(val_loss) and _finite(best_baseline_loss):
         delta = val_loss - best_baseline_loss

@@ -94,7 +94,11 @@ def gate_usage_cell(row: dict[str, Any]) -> Text:
 def _delta_cell(row: dict[str, Any]) -> Text:
     if row.get("delta") is None:
         return Text("-")
-    style = "green" if row["delta"] < 0 else "red" if row["delta"] > 0 else ""
+    style = ""
+    if row["delta"] < 0:
+        style = "green"
+    elif row["delta"] > 0:
+        style = "red"
     percent = f" ({row['delta_percent']:+.2f}%)" if row.get("delta_percent") is not None else ""
     return Text(f"{row['delta']:+.4f}{percent}", style=style)
 
@@ -115,23 +119,29 @@ def _number_cell(row: dict[str, Any]) -> Text:
     return text
 
 
+def _gate_cell(row: dict[str, Any]) -> str:
+    if not row.get("gate"):
+        return "-"
+    top_k = f"top-{row['top_k']}" if row.get("top_k") is not None else "dense"
+    return f"{row['gate']} τ={row['temperature']:g} {top_k}"
+
+
 def leaderboard_table(board: Leaderboard) -> Table:
     """Return the table of ranked (completed) trials."""
     table = Table(title=f"Leaderboard of study {board.study_name}" if board.study_name else "Leaderboard",
-                  title_justify="left", header_style="bold")
+                  title_justify="left", header_style="bold", caption_justify="left",
+                  caption="gate usage: % of tokens whose largest gate weight is each activation (mean over "
+                          "layers), H: normalised gate entropy")
     for name, justify in (("rank", "right"), ("trial", "left"), ("val loss", "right"), ("Δ best baseline", "right"),
-                          ("kind/type", "left"), ("bank", "left"), ("gate", "left"), ("τ", "right"),
-                          ("top-k", "right"), ("params", "right"), ("tok/s", "right"), ("time", "right"),
-                          ("gate usage (share % of tokens, entropy)", "left")):
+                          ("kind/type", "left"), ("bank", "left"), ("gate", "left"), ("params", "right"),
+                          ("tok/s", "right"), ("time", "right"), ("gate usage", "left")):
         table.add_column(name, justify=justify)
     for row in board.ranked:
         table.add_row(
             str(row["rank"]), _number_cell(row), format_number(row["val_loss"]), _delta_cell(row),
-            _kind_cell(row), _bank_cell(row), row.get("gate") or "-",
-            format_number(row.get("temperature"), 2) if row.get("temperature") is not None else "-",
-            str(row["top_k"]) if row.get("top_k") is not None else "-",
-            format_count(row.get("params")), format_count(row.get("tokens_per_second")),
-            format_duration(row.get("duration_seconds")), gate_usage_cell(row),
+            _kind_cell(row), _bank_cell(row), _gate_cell(row), format_count(row.get("params")),
+            format_count(row.get("tokens_per_second")), format_duration(row.get("duration_seconds")),
+            gate_usage_cell(row),
         )
     return table
 

@@ -46,7 +46,7 @@ def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
 
 
 def resolve_study_name(storage: optuna.storages.BaseStorage, study_name: str | None) -> str:
-    """Return `study_name` if the storage holds it; with None, the only study in the storage."""
+    """Return `study_name` if the storage contains it, or with None the only study in the storage."""
     names = study_names(storage)
     if study_name is not None:
         if study_name not in names:
@@ -56,8 +56,8 @@ def resolve_study_name(storage: optuna.storages.BaseStorage, study_name: str | N
     if len(names) == 1:
         return names[0]
     if not names:
-        raise StudyError("the storage holds no study; start one with `moa-search run SPACE.yaml` or pass --storage")
-    raise StudyError(f"the storage holds {len(names)} studies, so choose one with --study: {', '.join(names)}")
+        raise StudyError("the storage contains no study; start one with `moa-search run SPACE.yaml` or pass --storage")
+    raise StudyError(f"the storage contains {len(names)} studies, so choose one with --study: {', '.join(names)}")
 
 
 def load_study(storage_url: str, study_name: str | None) -> optuna.Study:

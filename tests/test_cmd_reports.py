@@ -86,7 +86,7 @@ def test_leaderboard_unknown_study(report_env):
 
 def test_leaderboard_needs_study_among_several(two_studies_url):
     result = _invoke("leaderboard", "--storage", two_studies_url)
-    _assert_one_line_error(result, "holds 2 studies", "empty, filled")
+    _assert_one_line_error(result, "contains 2 studies", "empty, filled")
 
 
 def test_leaderboard_empty_study(two_studies_url):

@@ -22,7 +22,7 @@ def _render(renderable) -> str:
 
 def test_live_view_shows_budget_running_and_top(sample_trials):
     text = _render(live_view(sample_trials, "tiny", n_trials=10, elapsed_seconds=75, top=2))
-    assert "5/10 complete · 1 running · 1 pruned · 1 failed · 1m15s elapsed" in text
+    assert "4/10 search trials finished · 1 running · 5 complete · 1 pruned · 1 failed · 1m15s elapsed" in text
     assert "trial 7 moa/mlp relu+gelu+silu" in text
     assert "step 10/20" in text
     assert "ETA 12s" in text
@@ -81,7 +81,7 @@ def test_live_mode_renders_final_state(storage_url):
     with StudyDisplay(storage_url, "watched", n_trials=1, refresh_seconds=0.05, mode="live", console=console):
         study.add_trial(frozen_trial(0, val_loss=2.5))
     text = console.export_text()
-    assert "1/1 complete" in text
+    assert "1/1 search trials finished" in text
     assert "2.5000" in text
 
 

@@ -85,7 +85,7 @@ def test_inspection_renders_every_part(best_inspection):
     assert "Which tokens prefer which activation" in text
     assert "LA mixing weights per layer" in text
     assert "Effective activation" in text
-    assert "lr: 0.003" in text
+    assert "lr=0.003" in text
 
 
 def test_failed_trial_has_note_not_model(report_study):

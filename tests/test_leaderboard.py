@@ -64,6 +64,7 @@ def test_failed_and_pruned_keep_reason(sample_trials):
     assert rows[5]["reason"] == "TrainingError: loss is nan at step 12"
     assert rows[6]["state"] == "pruned"
     assert rows[6]["reason"].startswith("pruned at step 10")
+    assert rows[6]["val_loss"] == 3.1  # the last reported value, shown but not ranked
     assert rows[7]["progress"]["step"] == 10
     assert rows[2]["reason"] is None
 

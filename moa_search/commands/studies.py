@@ -84,7 +84,7 @@ def delete(
     study = load_study(url, name)  # an unknown name fails here, before any question
     n_trials = len(study.get_trials(deepcopy=False))
     if not yes:
-        # Without an answer on stdin, click aborts with exit code 1, so nothing is deleted.
+        # When stdin has no reply, click aborts with exit code 1, so nothing is deleted.
         if not typer.confirm(f"Delete study {name!r} with {n_trials} trials from {url}?", default=False, err=True):
             print("Nothing deleted.", file=sys.stderr)
             raise typer.Exit(1)
