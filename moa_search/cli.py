@@ -12,6 +12,7 @@ from typing import Optional
 
 import click
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from moa_search import __version__
@@ -38,7 +39,9 @@ class _Group(TyperGroup):
         except MoaSearchError as error:
             if os.environ.get("MOA_SEARCH_DEBUG"):
                 raise
-            stderr_console().print(f"[bold red]Error:[/] {error}", markup=True, highlight=False, soft_wrap=True)
+            # Escaped, because messages contain brackets that are not markup, such as 'moa-search[mysql]'.
+            stderr_console().print(f"[bold red]Error:[/] {escape(str(error))}", markup=True, highlight=False,
+                                   soft_wrap=True)
             raise typer.Exit(1) from None
 
 
