@@ -99,10 +99,12 @@ class GateUsage(nn.Module):
         flat = weights.detach().reshape(-1, weights.shape[-1]).float()
         magnitude = flat.abs()
         top = magnitude.argmax(dim=-1)  # argmax returns the first maximal index: ties go low
-        self.top_counts.add_(torch.bincount(top, minlength=flat.shape[-1]))
+        # A comparison against arange, not bincount, keeps the shape static for torch.compile.
+        is_top = top.unsqueeze(-1) == torch.arange(flat.shape[-1], device=flat.device)
+        self.top_counts.add_(is_top.sum(dim=0))
         self.weight_sums.add_(flat.sum(dim=0).to(self.weight_sums.dtype))
         self.entropy_sum.add_(_normalised_entropy(magnitude).sum().to(self.entropy_sum.dtype))
-        self.tokens.add_(flat.shape[0])
+        self.tokens.add_(top.numel())
 
     def read(self) -> dict:
         """Return {activations, share, mean_weight, entropy, tokens}, all zero before any update."""

@@ -286,3 +286,21 @@ def test_compiled_layer_matches_lean():
         output.square().sum().backward()
         results.append((output, [parameter.grad for parameter in layer.parameters()]))
     _assert_same(results[1], results[0])
+
+
+@pytest.mark.slow
+def test_whole_layer_compiles_without_graph_breaks():
+    config = FFNConfig(kind="moa", type="glu", glu_mixing="bi", bank=("relu", "gelu"), top_k=1)
+    torch.manual_seed(3)
+    layer = FeedForward(D_MODEL, D_HIDDEN, config)
+    reference = FeedForward(D_MODEL, D_HIDDEN, config, mixing="reference")
+    reference.load_state_dict(layer.state_dict())
+    layer.track_gate_usage = True
+    compiled = torch.compile(layer, fullgraph=True)  # fullgraph raises on any graph break
+    results = []
+    for module in (compiled, reference):
+        output = module(_x())
+        output.square().sum().backward()
+        results.append((output, [parameter.grad for parameter in module.parameters()]))
+    _assert_same(results[0], results[1])
+    assert layer.read_gate_usage()["tokens"] == 10
