@@ -44,37 +44,33 @@ Rules:
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import itertools
 import json
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
 
-from moa_search.config import DataConfig, FFNConfig, ModelConfig, RunConfig, TrainConfig, run_config_from_dict, run_config_to_dict
+from moa_search.config import RunConfig, run_config_from_dict, run_config_to_dict
 from moa_search.errors import ConfigError
-from moa_search.space_params import Dimension, Range, is_dimension_spec, parse_dimension, suggest_close
-from moa_search.space_settings import StudySettings, study_settings_from_dict
+from moa_search.space_diff import describe_dimension_dict, diff_spaces, space_hash
+from moa_search.space_params import Dimension
+from moa_search.space_parse import SECTION_CLASSES, TOP_LEVEL_KEYS, locate_error, parse_document
+from moa_search.space_settings import StudySettings
 from moa_search.yamlio import YamlDocument, load_yaml, parse_yaml
+
+__all__ = [
+    "MAX_CHECKED_COMBINATIONS", "SearchSpace", "StudySettings", "describe_dimension_dict", "diff_spaces",
+    "load_space", "locate_error", "parse_space", "space_hash",
+]
 
 logger = logging.getLogger(__name__)
 
-SECTION_CLASSES: dict[str, type] = {"model": ModelConfig, "ffn": FFNConfig, "data": DataConfig, "train": TrainConfig}
-TOP_LEVEL_KEYS = ("study", "model", "ffn", "ffn_per_layer", "data", "train")
 # Above this many combinations of checked values, only each value on its own is checked at load time.
 MAX_CHECKED_COMBINATIONS = 2000
 _MOA_ONLY = ("gate", "temperature", "top_k")
-# Suggested first in an FFN section because the conditional settings depend on them.
-_FFN_FIRST = ("bank", "kind", "type")
-# PyYAML (YAML 1.1) reads these words as booleans, but under YAML 1.2 they are text.
-_YAML11_BOOLEAN_WORDS = {"yes", "no", "on", "off", "y", "n"}
-_KEY_RE = re.compile(r"^[A-Za-z0-9_.]+")
-_DOTTED_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)+")
 
 
 class SearchSpace:
@@ -335,135 +331,14 @@ def _space_from_document(document: YamlDocument) -> SearchSpace:
             f"got {type(data).__name__}"
         )
     try:
-        for key in data:
-            if key not in TOP_LEVEL_KEYS:
-                raise ConfigError(
-                    f"{key}: unknown section{suggest_close(str(key), TOP_LEVEL_KEYS)}; "
-                    f"valid sections: {', '.join(TOP_LEVEL_KEYS)}"
-                )
-        settings = study_settings_from_dict(data.get("study"))
-        fixed: dict[str, dict[str, Any]] = {}
-        dimensions: list[Dimension] = []
-        for section, cls, values in _sections(data):
-            fixed[section], section_dimensions = _parse_section(section, cls, values)
-            dimensions.extend(section_dimensions)
+        settings, fixed, dimensions = parse_document(data)
         return SearchSpace(document, fixed, dimensions, settings)
     except ConfigError as error:
         raise locate_error(document, error) from None
 
 
-def _sections(data: dict[str, Any]) -> list[tuple[str, type, Any]]:
-    """Return (section key, config class, raw values) in suggestion order: per-layer FFNs after ffn."""
-    sections = [(name, cls, data.get(name)) for name, cls in SECTION_CLASSES.items()]
-    layers = data.get("ffn_per_layer") or {}
-    if not isinstance(layers, dict):
-        raise ConfigError(f"ffn_per_layer: must map layer indices to FFN settings, got {layers!r}")
-    per_layer = []
-    for raw_index, values in layers.items():
-        if isinstance(raw_index, str) and raw_index.isdigit():
-            raw_index = int(raw_index)  # a quoted index such as "0"
-        if not isinstance(raw_index, int) or isinstance(raw_index, bool):
-            raise ConfigError(f"ffn_per_layer.{raw_index}: keys must be layer indices (0, 1, ...)")
-        per_layer.append((f"ffn_per_layer.{raw_index}", FFNConfig, values))
-    return [*sections[:2], *sorted(per_layer), *sections[2:]]
-
-
-def _parse_section(section: str, cls: type, values: Any) -> tuple[dict[str, Any], list[Dimension]]:
-    if values is None:
-        return {}, []
-    if not isinstance(values, dict):
-        raise ConfigError(f"{section}: must be a mapping of settings, got {values!r}")
-    fields = {field.name: str(field.type) for field in dataclasses.fields(cls)}
-    fixed: dict[str, Any] = {}
-    dimensions: list[Dimension] = []
-    for name, value in values.items():
-        key = f"{section}.{name}"
-        if name not in fields:
-            raise ConfigError(
-                f"{key}: unknown setting{suggest_close(str(name), list(fields))}; "
-                f"valid settings of {section}: {', '.join(fields)}"
-            )
-        if is_dimension_spec(value):
-            dimension = parse_dimension(key, value, fields[name])
-            if fields[name] == "bool":
-                for choice in value.get("choices", []):
-                    _check_boolean_word(f"{key}.choices", choice)
-            dimensions.append(dimension)
-        else:
-            if fields[name] == "bool":
-                _check_boolean_word(key, value)
-            fixed[name] = value.split("+") if name == "bank" and isinstance(value, str) else value
-    if cls is FFNConfig:
-        dimensions.sort(key=lambda dimension: _FFN_FIRST.index(dimension.key.rsplit(".", 1)[1])
-                        if dimension.key.rsplit(".", 1)[1] in _FFN_FIRST else len(_FFN_FIRST))
-    return fixed, dimensions
-
-
-def _check_boolean_word(key: str, value: Any) -> None:
-    if isinstance(value, str) and value.lower() in _YAML11_BOOLEAN_WORDS:
-        raise ConfigError(
-            f"{key}: {value!r} is text under YAML 1.2, which moa-search reads (YAML 1.1 tools read it as a "
-            "boolean); write true or false"
-        )
-
-
-def locate_error(document: YamlDocument, error: ConfigError) -> ConfigError:
-    """Prefix an error by the FILE:LINE of the key it names.
-
-    The message starts with a key. When the file does not write that key (a default broke a rule
-    together with a searched value, such as d_model and a searched n_heads), the first other key of
-    the message that the file writes gives the line.
-    """
-    message = str(error)
-    match = _KEY_RE.match(message)
-    first = match.group(0) if match else ""
-    others = [key for key in _DOTTED_KEY_RE.findall(message) if key in document.lines]
-    key = first if first in document.lines or not others else others[0]
-    where = document.where(key)
-    return ConfigError(f"{where}: {message}")
-
-
 # ---------------------------------------------------------------------------------------------
-# Plain-data helpers
-
-
-def space_hash(space: dict[str, Any]) -> str:
-    """Return the hash of a `SearchSpace.to_dict()` result, stable across JSON round trips."""
-    material = {"fixed": space["fixed"], "dimensions": space["dimensions"]}
-    text = json.dumps(material, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def diff_spaces(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """List the changes between two `SearchSpace.to_dict()` results, one readable line per key."""
-    keys = sorted({*old["fixed"], *new["fixed"], *old["dimensions"], *new["dimensions"]})
-    changes = []
-    for key in keys:
-        before, after = _describe_entry(old, key), _describe_entry(new, key)
-        if before != after:
-            changes.append(f"{key}: {before} -> {after}")
-    return changes
-
-
-def _describe_entry(space: dict[str, Any], key: str) -> str:
-    if key in space["dimensions"]:
-        return "searched " + describe_dimension_dict(space["dimensions"][key])
-    if key in space["fixed"]:
-        return f"fixed {json.dumps(space['fixed'][key])}"
-    return "not set"
-
-
-def describe_dimension_dict(data: dict[str, Any]) -> str:
-    """Describe a dimension from its plain form, e.g. "0.001 .. 0.01 (log)" or "choices [1, 2]"."""
-    if "from" in data:
-        size = data["size"]
-        return f"banks from {'+'.join(data['from'])} with {size['low']}..{size['high']} activations"
-    if "choices" in data:
-        return f"choices {json.dumps(data['choices'])}"
-    text = f"{data['low']} .. {data['high']}"
-    if data.get("step") is not None:
-        text += f" step {data['step']}"
-    return text + (" (log)" if data.get("log") else "")
+# Helpers on settings keyed by section
 
 
 def _set(values: dict[str, dict[str, Any]], key: str, value: Any) -> None:

@@ -347,6 +347,14 @@ def test_per_layer_dimensions_inherit_ffn():
     assert config.ffn_for_layer(0).bank == ("relu", "relu2", "silu")
 
 
+def test_per_layer_sections_in_layer_order():
+    text = "model:\n  n_layers: 12\nffn_per_layer:\n" + "".join(
+        f"  {index}:\n    kind: {{choices: [la, moa]}}\n" for index in (10, 2, 0))
+    keys = [dimension.key for dimension in space(text).dimensions]
+    assert keys == ["ffn_per_layer.0.kind", "ffn_per_layer.2.kind", "ffn_per_layer.10.kind"]
+    assert "duplicate key 'ffn_per_layer.0'" in error_of('ffn_per_layer:\n  0:\n    kind: la\n  "0":\n    kind: moa\n')
+
+
 def test_per_layer_index_out_of_range():
     message = error_of("model:\n  n_layers: 2\nffn_per_layer:\n  5:\n    kind: {choices: [la, moa]}\n")
     assert message.startswith("space.yaml:4: ffn_per_layer.5")
