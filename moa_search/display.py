@@ -155,7 +155,7 @@ class StudyDisplay:
     """
 
     def __init__(self, storage_url: str, study_name: str, n_trials: int | None, *,
-                 refresh_seconds: float = 1.0, top: int = 5, mode: str | None = None,
+                 refresh_seconds: float = 2.0, top: int = 5, mode: str | None = None,
                  console: Console | None = None) -> None:
         self.storage_url = storage_url
         self.study_name = study_name
@@ -171,6 +171,7 @@ class StudyDisplay:
         self._started = time.monotonic()
         self._read_failed = False
         self._study = None
+        self._last_signature: tuple | None = None
 
     def __enter__(self) -> StudyDisplay:
         if self.mode == "quiet":
@@ -181,8 +182,9 @@ class StudyDisplay:
             for trial in self.read_trials() or []:
                 self._seen.states[trial.number] = trial.state
         if self.mode == "live":
+            # Redrawn only from refresh(), so rendering costs nothing between polls.
             self._live = Live(Text("Loading the study...", style="dim"), console=self.console,
-                              refresh_per_second=4, transient=False)
+                              auto_refresh=False, transient=False)
             self._live.start()
         self._thread = threading.Thread(target=self._run, name="moa-search-display", daemon=True)
         self._thread.start()
@@ -224,7 +226,19 @@ class StudyDisplay:
             return
         if self.mode == "live" and self._live is not None:
             elapsed = time.monotonic() - self._started
-            self._live.update(live_view(trials, self.study_name, self.n_trials, elapsed, self.top))
+            # Building the view takes tens of milliseconds for hundreds of trials, and the search
+            # shares the CPU, so the panel is rebuilt only when a trial changed or every 5 s for the clock.
+            signature = (int(elapsed // 5), *_trial_signature(trials))
+            if signature != self._last_signature:
+                self._last_signature = signature
+                self._live.update(live_view(trials, self.study_name, self.n_trials, elapsed, self.top), refresh=True)
         elif self.mode == "log":
             for line in log_lines(trials, self._seen):
                 logger.info("%s", line)
+
+
+def _trial_signature(trials: Sequence[FrozenTrial]) -> tuple:
+    """Return what the panel shows that can change: each trial's state and evaluated step."""
+    from moa_search.records import PROGRESS
+
+    return tuple((trial.number, trial.state, (trial.user_attrs.get(PROGRESS) or {}).get("step")) for trial in trials)
