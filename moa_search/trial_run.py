@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 import moa_search
 from moa_search import records
 from moa_search.config import DataConfig, RunConfig, run_config_to_dict
-from moa_search.errors import CorpusError, MoaSearchError
+from moa_search.errors import CorpusError, MoaSearchError, StorageError
 from moa_search.paths import results_dir
 from moa_search.study import SearchStudy, baseline_config
 from moa_search.trainer import EvalPoint, TrainResult, train
@@ -161,6 +161,10 @@ def run_trial(search: SearchStudy, trial: optuna.Trial, *, baseline: str | None,
         # The corpus is shared by every trial, so the next ones would fail the same way.
         _finish(search, trial, TrialOutcome(TrialState.FAIL, reason=f"CorpusError: {error}"),
                 reporter, set_attr, storage_call, started)
+        raise
+    except StorageError:
+        # The database stayed away: end the worker and leave the trial RUNNING, so its heartbeat
+        # stops and another worker retries it with the same parameters.
         raise
     except MoaSearchError as error:
         outcome = TrialOutcome(TrialState.FAIL, reason=f"{type(error).__name__}: {error}")
