@@ -89,11 +89,22 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[N
     stop = threading.Event()
 
     def beat() -> None:
+        failures = 0
         while True:
             try:
                 storage.record_heartbeat(trial_id)
+                if failures:
+                    logger.info("Recorded the heartbeat of trial id %d again after %d failed attempts", trial_id,
+                                failures)
+                failures = 0
             except Exception as error:  # noqa: BLE001 - a missed beat must not end the trial
-                logger.warning("Failed to record the heartbeat of trial id %d: %s", trial_id, error)
+                failures += 1
+                # Log the first failure of a run only, since a lost database fails every beat.
+                # Optuna's StorageInternalError hides the driver's reason in __cause__.
+                if failures == 1:
+                    reason = str(error.__cause__ or error).strip().splitlines()[0]
+                    logger.warning("Failed to record the heartbeat of trial id %d (%s); retrying every %d s",
+                                   trial_id, reason, interval)
             if stop.wait(interval):
                 return
 
