@@ -31,6 +31,7 @@ def environment() -> dict[str, str]:
         "machine": machine_description(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "threads": str(torch.get_num_threads()),
     }
 
 
@@ -84,7 +85,7 @@ def comparison_markdown(records: list[RunRecord], *, command: str, space_text: s
         f"- Command: `{command}`",
         f"- Date: {env['date']}",
         f"- Machine: {env['machine']}",
-        f"- Python {env['python']}, torch {env['torch']}",
+        f"- Python {env['python']}, torch {env['torch']}, {env['threads']} torch CPU threads",
         f"- Status: {status}",
         "",
         "Every variant trained the same token budget on the built-in corpus with the settings below, "

@@ -27,6 +27,17 @@ def _check_format(output_format: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"--format must be one of {', '.join(allowed)}, got {output_format!r}")
 
 
+def _set_threads(threads: int | None) -> None:
+    """Set torch's intra-op CPU threads; None keeps torch's default (one per core)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads: must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _command_line() -> str:
     """Return the command line of this process as the user typed it (program name shortened)."""
     program = Path(sys.argv[0]).name
@@ -58,10 +69,12 @@ def compare_command(
                                 help="Markdown report, rewritten after every run; the runs go to the same name with .json."),
     output_format: str = typer.Option("table", "--format", help="Summary on stdout: table or json."),
     note: str = typer.Option("", "--note", help="A remark for the Notes section of the report, such as other load on the machine."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice, one per core)."),
 ) -> None:
     """Train every variant at an equal token budget and parameter count, once per seed, and write
     the mean and spread of the final validation loss per variant."""
     _check_format(output_format, ("table", "json"))
+    _set_threads(threads)
     from moa_search.compare import equalise, load_comparison, run_comparison, summarise
     from moa_search.compare_report import comparison_markdown, environment
 
