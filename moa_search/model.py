@@ -25,7 +25,7 @@ ROPE_BASE = 10000.0
 
 
 class ModelOutput(NamedTuple):
-    """What `GPT.forward` returns.
+    """Outputs of `GPT.forward`.
 
     logits: [B, T, V]. loss: mean cross-entropy over all tokens, or None without targets.
     aux_loss: the MoE load-balancing loss already multiplied by `moe_aux_weight` and summed over

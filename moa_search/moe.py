@@ -88,8 +88,8 @@ class MoEFeedForward(nn.Module):
         order = torch.argsort(slot_experts, stable=True)
         slot_tokens = torch.arange(n_tokens, device=x.device).repeat_interleave(self.top_k)[order]
         counts = torch.bincount(slot_experts, minlength=self.n_experts)
-        # NOTE: splitting by expert needs the counts on the host, one sync per MoE layer and step;
-        # dropless routing has no fixed shapes to avoid it.
+        # NOTE: splitting by expert needs the counts on the host, so each MoE layer syncs once per
+        # step. Dropless routing has no fixed shapes that would avoid it.
         chunks = tokens[slot_tokens].split(counts.tolist())
         outputs = [expert(chunk) for expert, chunk in zip(self.experts, chunks)]
         slot_weights = top_weights.reshape(-1)[order].unsqueeze(-1)

@@ -1,7 +1,8 @@
 """Train one `RunConfig`: a GPT on a corpus for a token or step budget, with periodic evaluation.
 
-The loop keeps losses on the device and reads them to the host only at evaluation points, so a GPU
-never waits on Python between steps (except for MoE routing, see moe.py). Same seed and config on
+The loop keeps losses on the device and copies them to the host only at evaluation points, so on a
+GPU the host can queue the next steps without waiting for results (MoE routing is the exception,
+because it syncs once per MoE layer and step). Same seed and config on
 CPU give identical losses: the model initialisation uses the global torch RNG seeded from
 `train.seed`, and batches come from a separate generator seeded from it too.
 """
@@ -20,9 +21,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from moa_search.checkpoint import check_resumable, load_checkpoint, save_checkpoint
-from moa_search.config import RunConfig, TrainConfig, run_config_to_dict, validate_run_config
+from moa_search.config import RunConfig, run_config_to_dict, validate_run_config
 from moa_search.errors import ConfigError, TrainingError
 from moa_search.model import GPT
+from moa_search.optim import budget_steps, build_optimizer, learning_rate
 
 if TYPE_CHECKING:
     from moa_search.data import Corpus
@@ -84,46 +86,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("mps") and not torch.backends.mps.is_available():
         raise ConfigError(f"train.device: {name!r} requested but MPS is not available here; use auto or cpu")
     return torch.device(name)
-
-
-def budget_steps(config: RunConfig) -> int:
-    """Return the number of optimizer steps: max_tokens // tokens per step when set, else max_steps."""
-    train = config.train
-    if train.max_tokens is not None:
-        return max(1, train.max_tokens // (train.batch_size * config.model.context_length))
-    assert train.max_steps is not None  # validate_run_config requires one of the two
-    return train.max_steps
-
-
-def learning_rate(step: int, train: TrainConfig, max_steps: int) -> float:
-    """Return the learning rate for optimizer step `step` (0-based) of `max_steps`.
-
-    Linear warmup over warmup_steps, then either cosine decay to min_lr_ratio · lr at the last step,
-    or warmup-stable-decay: constant lr, then a linear decay over the last decay_fraction of steps.
-    """
-    if step < train.warmup_steps:
-        return train.lr * (step + 1) / train.warmup_steps
-    floor = train.lr * train.min_lr_ratio
-    if train.schedule == "wsd":
-        decay_steps = max(1, math.ceil(train.decay_fraction * max_steps))
-        decay_start = max(train.warmup_steps, max_steps - decay_steps)
-        if step < decay_start:
-            return train.lr
-        progress = (step - decay_start + 1) / max(1, max_steps - decay_start)
-        return train.lr - (train.lr - floor) * min(1.0, progress)
-    progress = (step - train.warmup_steps + 1) / max(1, max_steps - train.warmup_steps)
-    return floor + 0.5 * (train.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def build_optimizer(model: torch.nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """Return AdamW with weight decay on matrices only (not on norms' scales or LA weight vectors)."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": train.weight_decay},
-        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2),
-                             fused=device.type == "cuda")
 
 
 class _Batches:
@@ -246,6 +208,9 @@ def train(
     step_model = torch.compile(model) if config.train.compile else model
     max_steps = budget_steps(config)
     tokens_per_step = config.train.batch_size * config.model.context_length
+    if config.train.warmup_steps >= max_steps:
+        log.warning("train.warmup_steps (%d) is not below the %d training steps, so the learning rate "
+                    "never reaches train.lr; lower train.warmup_steps", config.train.warmup_steps, max_steps)
     log.info("training %s parameters on %s for %d steps (%d tokens per step)",
              f"{model.parameter_counts()['total']:,}", device, max_steps, tokens_per_step)
 
