@@ -120,7 +120,102 @@ def _parameter_count(config) -> int:
     return parameter_count(config)
 
 
+# ---------------------------------------------------------------------------------------------
+# bench model
+
+
+MODEL_TABLE_FIELDS = ["name", "compiled", "params", "tokens_per_second", "throughput_ratio",
+                      "peak_memory_bytes", "memory_ratio"]
+
+
+def model_command(
+    output_format: str = typer.Option("table", "--format", help="Output format: table, json or csv."),
+    compile_: bool = typer.Option(True, "--compile/--no-compile", help="Also measure every variant under torch.compile."),
+    steps: int = typer.Option(5, "--steps", min=1, help="Training steps per variant in each timed window."),
+    windows: int = typer.Option(5, "--windows", min=1, help="Timed windows; tokens/s is the median over them."),
+    warmup: int = typer.Option(3, "--warmup", min=1, help="Untimed steps per variant before timing (these also compile)."),
+    d_model: int = typer.Option(128, "--d-model", min=8, help="Model width; d_hidden is the default of each FFN type."),
+    n_layers: int = typer.Option(4, "--n-layers", min=1, help="Transformer blocks."),
+    n_heads: int = typer.Option(4, "--n-heads", min=1, help="Attention heads."),
+    context_length: int = typer.Option(128, "--context-length", min=2, help="Tokens per sequence."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Sequences per training step."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice, one per core)."),
+) -> None:
+    """Measure tokens/s and peak memory of whole training steps of one small GPT with GELU, SwiGLU,
+    LA and MoA (K = 4) FFNs, interleaved in one process, as ratios to GELU."""
+    from moa_search.bench_model import ModelBenchSettings, ROW_FIELDS, run_model_bench
+    from moa_search.commands.bench import check_format, print_rows
+    from moa_search.compare_report import environment
+
+    check_format(output_format)
+    _set_threads(threads)
+    settings = ModelBenchSettings(d_model=d_model, n_layers=n_layers, n_heads=n_heads,
+                                  context_length=context_length, batch_size=batch_size, steps=steps,
+                                  windows=windows, warmup=warmup, device=device)
+    env = environment()
+    log.info("machine: %s, %s torch threads, torch %s", env["machine"], env["threads"], env["torch"])
+    rows = run_model_bench(settings, compiled_modes=(False, True) if compile_ else (False,))
+    print_rows(rows, list(ROW_FIELDS) if output_format != "table" else MODEL_TABLE_FIELDS, output_format,
+               title=f"Training steps of a GPT (d_model {d_model}, {n_layers} layers, "
+                     f"{batch_size}x{context_length} tokens per step); ratios to GELU in the same mode")
+
+
+# ---------------------------------------------------------------------------------------------
+# bench overhead
+
+
+def overhead_command(
+    space_path: Path = typer.Argument(Path("search_spaces/quick.yaml"), metavar="[SPACE.yaml]",
+                                      help="Search space of the measured study."),
+    n_trials: int = typer.Option(4, "--n-trials", min=1, help="Search trials to finish; the two baselines run on top."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Storage URL of the measured study (default: an SQLite file in a temporary folder)."),
+    output_format: str = typer.Option("table", "--format", help="Output format: table or json."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice, one per core)."),
+) -> None:
+    """Run a real small study and measure the time spent outside training (sampling, storage,
+    reporting, saving models) as a share of the study's wall time."""
+    import datetime
+    import os
+    import tempfile
+
+    from moa_search.bench_overhead import measure_search_overhead
+    from moa_search.paths import RESULTS_ENV
+
+    _check_format(output_format, ("table", "json"))
+    _set_threads(threads)
+    study_name = "bench-overhead-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    with tempfile.TemporaryDirectory(prefix="moa-search-overhead-") as folder:
+        # The measured study's model.pt files go to the temporary folder, not the results folder.
+        previous = os.environ.get(RESULTS_ENV)
+        os.environ[RESULTS_ENV] = folder
+        try:
+            url = storage or f"sqlite:///{Path(folder, 'overhead.db').as_posix()}"
+            result = measure_search_overhead(space_path, url, n_trials=n_trials, study_name=study_name)
+        finally:
+            if previous is None:
+                os.environ.pop(RESULTS_ENV, None)
+            else:
+                os.environ[RESULTS_ENV] = previous
+    if output_format == "json":
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"Search overhead of study {result['study']} ({result['trials']} trials)")
+    for name in ("trial", "state", "trial s", "training s", "on_eval s", "outside s", "overhead"):
+        table.add_column(name, justify="left" if name in ("trial", "state") else "right")
+    for row in result["per_trial"]:
+        table.add_row(str(row["number"]), row["state"], f"{row['trial_seconds']:.2f}", f"{row['train_seconds']:.2f}",
+                      f"{row['on_eval_seconds']:.3f}", f"{row['outside_seconds']:.3f}", f"{row['overhead_share']:.2%}")
+    table.add_row("all", "", f"{result['loop_seconds']:.2f}", f"{result['train_seconds']:.2f}",
+                  f"{result['on_eval_seconds']:.3f}", f"{result['outside_seconds']:.3f}", f"{result['overhead_share']:.2%}")
+    Console(width=160).print(table)
+    print(f"overhead without the one-time corpus load ({result['corpus_seconds']:.2f} s): "
+          f"{result['overhead_share_without_corpus_load']:.2%}")
+
+
 def register_bench(bench_app: typer.Typer) -> None:
     """Add `model`, `compare` and `overhead` to the `bench` sub-app."""
+    bench_app.command("model")(model_command)
     bench_app.command("compare")(compare_command)
+    bench_app.command("overhead")(overhead_command)
 
