@@ -8,9 +8,10 @@ A comparison file (see search_spaces/comparison.yaml) has three sections:
 
 Every variant trains the same token budget (base.train) on the same corpus, and gets its own
 d_hidden so that its total parameter count matches the reference variant's to within `tolerance`
-(a relative difference). `run_comparison` trains every variant once per seed, seed-major, so that
-an interrupted comparison still has whole seeds for every variant done; `summarise` turns the
-runs into one row per variant (mean and standard deviation of the final validation loss).
+(a relative difference). `run_comparison` trains every variant once per seed, all variants of a seed
+before the next seed, so an interrupted comparison has the same seeds done for every variant.
+`summarise` turns the runs into one row per variant (mean and standard deviation of the final
+validation loss).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
-from moa_search.config import FFNConfig, RunConfig, run_config_from_dict
+from moa_search.config import RunConfig, resolved_d_hidden, run_config_from_dict
 from moa_search.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -75,7 +76,10 @@ def comparison_from_dict(values: Mapping[str, Any], source: str = "<dict>") -> C
     base_values = dict(values.get("base") or {})
     if "ffn" in base_values or "ffn_per_layer" in base_values:
         raise ConfigError(f"{source}: base.ffn: the FFN belongs to each variant; move it under variants")
-    base = run_config_from_dict(base_values)
+    try:
+        base = run_config_from_dict(base_values)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: base.{error}") from None
 
     raw_variants = values.get("variants")
     if not isinstance(raw_variants, list) or not raw_variants:
@@ -87,7 +91,10 @@ def comparison_from_dict(values: Mapping[str, Any], source: str = "<dict>") -> C
         name = str(entry["name"])
         if any(variant.name == name for variant in variants):
             raise ConfigError(f"{source}: variants[{index}].name: {name!r} is used twice; names must be unique")
-        config = run_config_from_dict({"ffn": entry.get("ffn") or {}}, base=base)
+        try:
+            config = run_config_from_dict({"ffn": entry.get("ffn") or {}}, base=base)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: variants[{index}] ({name}): {error}") from None
         variants.append(Variant(name, config))
 
     settings = dict(values.get("comparison") or {})
@@ -108,7 +115,7 @@ def comparison_from_dict(values: Mapping[str, Any], source: str = "<dict>") -> C
 
 
 def load_comparison(path: str | Path) -> Comparison:
-    """Load a comparison file; errors name the file (and the line where the loader knows it)."""
+    """Load a comparison file; errors name the file, and the line for settings under `base`."""
     from moa_search.yamlio import load_yaml
 
     document = load_yaml(path)
@@ -169,8 +176,6 @@ def equalise(comparison: Comparison) -> list[Variant]:
     matched = []
     for variant in comparison.variants:
         if variant.name == reference.name:
-            from moa_search.config import resolved_d_hidden
-
             d_hidden = resolved_d_hidden(variant.config.model, variant.config.ffn)
             matched.append(Variant(variant.name, with_d_hidden(variant.config, d_hidden)))
             continue

@@ -1,4 +1,5 @@
-"""Markdown for a comparison: the per-variant table, the runs, the gate usage and how it was made."""
+"""Markdown for a comparison: the per-variant table with per-seed losses, the gate usage and how
+the comparison was made (command, date, machine, versions, settings)."""
 
 from __future__ import annotations
 
@@ -37,8 +38,11 @@ def environment() -> dict[str, str]:
 
 def _variant_label(row: dict[str, Any]) -> str:
     kind = {"fixed": "fixed", "la": "LA", "moa": "MoA"}[row["kind"]]
-    form = "Type-I" if row["type"] == "mlp" else "Type-II" + (f" ({row['glu_mixing']}-sided)" if row["glu_mixing"] else "")
-    return f"{kind}, {form}"
+    if row["type"] == "mlp":
+        return f"{kind}, Type-I"
+    if row["glu_mixing"]:
+        return f"{kind}, Type-II ({row['glu_mixing']}-sided)"
+    return f"{kind}, Type-II"
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:

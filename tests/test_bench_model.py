@@ -73,7 +73,8 @@ def test_bench_model_command_json():
     for row in rows:
         assert REQUIRED_KEYS <= set(row)
         assert row["compiled"] is False
-    assert rows[0]["name"] == "gelu" and rows[0]["throughput_ratio"] == 1.0
+    assert rows[0]["name"] == "gelu"
+    assert rows[0]["throughput_ratio"] == 1.0
 
 
 def test_bench_model_rejects_unknown_format():

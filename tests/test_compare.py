@@ -112,7 +112,8 @@ def test_run_and_summarise_real_runs(tmp_path):
 
     rows = summarise(records)
     gelu = rows[0]
-    assert gelu["name"] == "gelu" and gelu["seeds"] == 2
+    assert gelu["name"] == "gelu"
+    assert gelu["seeds"] == 2
     assert gelu["val_loss_mean"] == pytest.approx(statistics.fmean([records[0].val_loss, records[2].val_loss]))
     assert gelu["val_loss_std"] == pytest.approx(statistics.stdev([records[0].val_loss, records[2].val_loss]))
     assert abs(rows[1]["params"] - gelu["params"]) / gelu["params"] <= 0.01
