@@ -45,9 +45,9 @@ def gate_function(logits: Tensor, gate: str, top_k: int | None) -> Tensor:
 
     sigmoid: each weight in (0, 1), no sum constraint. tanh: each weight in (-1, 1). softmax: weights
     sum to 1. With top-k, tokens keep the k entries with the largest weight (largest |weight| for
-    tanh) and the others become 0. For softmax the kept weights are divided by their sum, and that
-    sum is detached: the forward value is the renormalised weight, but the gradient flows as if the
-    kept probabilities were used unnormalised. With the exact renormalised gradient, top-1 would give
+    tanh) and the others become 0. For softmax the kept weights are divided by their detached sum.
+    The forward value is the renormalised weight, but the gradient treats the sum as a constant, so
+    it flows through each kept probability. With the exact renormalised gradient, top-1 would give
     the gate a zero gradient because its only weight is always 1. This way the gate still learns.
     """
     if gate == "sigmoid":
