@@ -36,7 +36,7 @@ from moa_search.space import load_space
 from moa_search.storage import open_storage
 from moa_search.study import create_or_resume
 
-from pg_server import OwnCluster, admin_url, create_database, drop_database, free_port, libpq_url
+from pg_server import URL_ENV, OwnCluster, admin_url, create_database, drop_database, free_port, libpq_url
 
 WORDS = "the cat sat on a mat and a dog ran to the big red box".split()
 # Short heartbeats, so a killed worker's trial turns stale within seconds.
@@ -158,6 +158,24 @@ def results(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "results"
     monkeypatch.setenv("MOA_SEARCH_RESULTS", str(folder))
     return folder
+
+
+def test_missing_server_fails_under_ci(monkeypatch):
+    monkeypatch.delenv(URL_ENV, raising=False)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=URL_ENV):
+        admin_url()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match=URL_ENV):
+        admin_url()
+
+
+def test_unreachable_test_server_skips_with_reason(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv(URL_ENV, f"postgresql://postgres:sekret@127.0.0.1:{free_port()}/postgres")
+    with pytest.raises(pytest.skip.Exception, match="cannot connect to postgresql://postgres:\\*\\*\\*@") as skipped:
+        admin_url()
+    assert "sekret" not in str(skipped.value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,16 +319,18 @@ def test_sqlite_warning_points_to_postgres(tmp_path):
 
 @pytest.mark.slow
 def test_three_sqlite_workers_budget_exact(tmp_path, results):
-    url = f"sqlite:///{(tmp_path / 'studies.db').as_posix()}"
+    # No --storage and no MOA_SEARCH_STORAGE: the workers share the default SQLite file.
+    env = worker_env("", results)
+    del env["MOA_SEARCH_STORAGE"]
     space = write_space(tmp_path)
     completed = subprocess.run(
-        [sys.executable, "-m", "moa_search", "run", str(space), "--storage", url, "--study", "local",
-         "--n-trials", "4", "--workers", "3"],
-        env=worker_env(url, results), capture_output=True, text=True, timeout=600)
+        [sys.executable, "-m", "moa_search", "run", str(space), "--study", "local", "--n-trials", "3", "--workers", "3"],
+        env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr
     assert "locked" not in completed.stderr
+    url = f"sqlite:///{(results / 'moa_search.db').as_posix()}"
     trials = read_trials(url, "local")
-    assert len(finished_search_trials(trials)) == 4
+    assert len(finished_search_trials(trials)) == 3
     assert sorted(trial.user_attrs[records.BASELINE] for trial in baselines(trials)) == ["gelu", "swiglu"]
     assert all(trial.state == TrialState.COMPLETE for trial in baselines(trials))
     for trial in trials:
