@@ -3,8 +3,9 @@
 A study stores its resolved search space and the space's hash as study user_attrs, so any worker
 can rebuild the space from the storage alone, and resuming with an edited space fails before any
 training. The process that creates a study also enqueues the two baseline trials (fixed GELU
-Type-I and SwiGLU Type-II at the space's base settings). Creating a study is atomic in the storage,
-so the baselines are enqueued exactly once, however many workers start together.
+Type-I and SwiGLU Type-II at the space's base settings). The storage rejects a second study with
+the same name, so only one process creates it and the baselines are enqueued once, however many
+workers start together.
 
 Budget: N trials means N finished search trials in the whole study, counted over all workers and
 resumes. Complete and pruned trials count, because both used their training time and informed the
@@ -201,29 +202,37 @@ class BudgetCount:
     """Search trials (baselines excluded) by what they mean for the budget."""
 
     finished: int  # complete or pruned
-    active: int  # running, or waiting to run (retries of stale trials)
+    running: int
+    waiting: int  # queued to run, such as retries of stale trials
     waiting_baselines: int
+
+    @property
+    def active(self) -> int:
+        """Search trials that may still finish: running or queued."""
+        return self.running + self.waiting
 
 
 def count_budget(trials: Sequence[FrozenTrial]) -> BudgetCount:
     """Count the study's trials against the budget."""
-    finished = active = waiting_baselines = 0
+    finished = running = waiting = waiting_baselines = 0
     for trial in trials:
         if records.is_baseline(trial):
             waiting_baselines += trial.state == TrialState.WAITING
         elif trial.state in FINISHED_STATES:
             finished += 1
-        elif trial.state in ACTIVE_STATES:
-            active += 1
-    return BudgetCount(finished, active, waiting_baselines)
+        elif trial.state == TrialState.RUNNING:
+            running += 1
+        elif trial.state == TrialState.WAITING:
+            waiting += 1
+    return BudgetCount(finished, running, waiting, waiting_baselines)
 
 
 def claim_decision(trials: Sequence[FrozenTrial], number: int, n_trials: int) -> str:
     """Decide whether the search trial `number`, just created, may train: "run", "wait" or "over".
 
-    Trial numbers are handed out atomically by the storage, so they order the claims of workers
-    that asked at the same time: a trial may run when the finished search trials plus the active
-    ones numbered before it stay below the budget. "wait" means earlier trials fill the budget but
+    The storage hands out trial numbers atomically, so they order the claims of workers that asked
+    at the same time. A trial may run when the finished search trials plus the active ones numbered
+    before it stay below the budget. "wait" means earlier trials fill the budget but
     may still fail; "over" means the budget is already reached.
     """
     finished = ahead = 0
@@ -313,7 +322,7 @@ def create_or_resume(storage: optuna.storages.BaseStorage, space: SearchSpace, s
     else:
         attrs = _wait_for_setup(study)
         if records.SPACE_HASH not in attrs:
-            raise StudyError(f"study {study_name!r} exists but holds no moa-search search space (it was created "
+            raise StudyError(f"study {study_name!r} exists but has no moa-search search space (it was created "
                              "by another tool, or its creation was interrupted); choose another name with --study")
         same_space = attrs[records.SPACE_HASH] == space.hash()
         same_objectives = list(attrs.get(records.OBJECTIVES) or []) == list(settings.objectives)
@@ -340,7 +349,7 @@ def _set_up_new_study(study: optuna.Study, space: SearchSpace, settings: StudySe
     study.set_user_attr(records.OBJECTIVES, list(settings.objectives))
     study.set_user_attr(records.SETTINGS, _settings_record(settings))
     study.set_user_attr(records.SPACE, space.to_dict())
-    # Written last: its presence tells joining processes that the study is complete.
+    # Written last, so joining processes wait until it exists and then find every other attribute.
     study.set_user_attr(records.SPACE_HASH, space.hash())
 
 
@@ -398,7 +407,7 @@ def load_search_study(storage: optuna.storages.BaseStorage, study_name: str, **o
                          "create it with `moa-search run SPACE.yaml --study NAME` first") from None
     attrs = _wait_for_setup(study)
     if records.SPACE_SOURCE not in attrs or records.SPACE_HASH not in attrs:
-        raise StudyError(f"study {study_name!r} holds no moa-search search space; it was not created by "
+        raise StudyError(f"study {study_name!r} has no moa-search search space, because it was not created by "
                          "`moa-search run`, so workers cannot join it")
     source = attrs[records.SPACE_SOURCE]
     space = parse_space(source["text"], source["path"])

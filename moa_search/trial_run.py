@@ -1,10 +1,10 @@
 """Train one trial of a study and store its record: config, metrics, curve, gate usage, model.
 
-Faults end the trial, not the worker: a non-finite loss or an invalid sampled config fails the
-trial with the reason in FAIL_REASON; an out-of-memory error does the same after
-the trial's memory is released; a pruned trial keeps its curve and the step it stopped at. A corpus
-that cannot be loaded, and errors that no input explains (bugs), fail the trial and then propagate,
-because every later trial would fail the same way.
+Faults end the trial, not the worker. A non-finite loss or an invalid sampled config fails the
+trial with the reason in FAIL_REASON. An out-of-memory error does the same after the trial's memory
+is released. A pruned trial keeps its curve and the step it stopped at. A corpus that cannot be
+loaded, and errors that no input explains (bugs), fail the trial and then propagate, because every
+later trial would fail the same way.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ StorageCall = Callable[[Callable[[], Any], str], Any]
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """How a trial ended: its state, objective values (COMPLETE only) and the reason otherwise."""
+    """End of a trial: its state, objective values (COMPLETE only) and the reason otherwise."""
 
     state: TrialState
     values: list[float] | None = None

@@ -2,7 +2,7 @@
 
 Any number of workers, on one machine or many, can run this loop against one study. Before each
 trial a worker fails the trials whose heartbeat stopped (Optuna then re-queues them with the same
-parameters), stops when the study holds its budget of finished search trials, and waits while
+parameters), stops when the study has its budget of finished search trials, and waits while
 other workers' running trials could still fill the budget. The queued trials (baselines and
 retries of stale trials) run first. See `study.claim_decision` for how two workers that ask at the
 same moment never both take the last place in the budget.
@@ -46,7 +46,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    """What one worker process runs. None keeps the value stored with the study."""
+    """Settings of one worker process; None keeps the value stored with the study."""
 
     study_name: str
     storage_url: str
@@ -60,7 +60,7 @@ class WorkerOptions:
 
 @dataclass
 class WorkerSummary:
-    """What one worker did: search trials by final state, baselines run, and why it stopped."""
+    """Counts of one worker's search trials by final state, its baselines, and why it stopped."""
 
     complete: int = 0
     pruned: int = 0
@@ -79,8 +79,8 @@ def worker_id() -> str:
 def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[None]:
     """Record the trial's heartbeat every interval from a thread while the body runs.
 
-    Training keeps the main thread busy for minutes, so the heartbeat needs its own thread; torch
-    releases the GIL in its kernels, so the thread gets to run.
+    Training keeps the main thread busy for minutes, so the heartbeat needs its own thread. That
+    thread gets to run because torch releases the GIL in its kernels.
     """
     interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
     if not interval:
@@ -163,7 +163,10 @@ class _Worker:
             return None
         if count.finished >= self.search.n_trials:
             return f"the study has its {self.search.n_trials} finished search trials"
-        if count.finished + count.active >= self.search.n_trials:
+        if count.waiting:
+            # A queued retry of a stale trial goes next, because ask() takes queued trials first.
+            return None
+        if count.finished + count.running >= self.search.n_trials:
             return ""
         return None
 
@@ -206,8 +209,8 @@ class _Worker:
                          storage_call=self._storage_call, worker=worker_id())
 
     def _discard(self, trial: optuna.Trial) -> None:
-        # NOTE: a discarded trial ends as FAIL, the only state that stays out of the budget; with the
-        # grid sampler its grid point counts as visited.
+        # NOTE: a discarded trial ends as FAIL, because that is the only state outside the budget.
+        # With the grid sampler its grid point then counts as visited.
         reason = (f"not run: the budget of {self.search.n_trials} finished search trials was taken by "
                   "trials of other workers, or this worker's time ran out")
         logger.info("Trial %d discarded: %s", trial.number, reason)

@@ -55,6 +55,8 @@ def test_count_budget_states():
               _trial(5, TrialState.RUNNING), _trial(6, TrialState.WAITING)]
     count = count_budget(trials)
     assert count.finished == 2
+    assert count.running == 1
+    assert count.waiting == 1
     assert count.active == 2
     assert count.waiting_baselines == 1
 

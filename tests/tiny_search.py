@@ -22,7 +22,7 @@ def write_corpus(folder: Path) -> Path:
     return path
 
 
-def space_text(corpus: Path, *, study: str = "{n_trials: 2, pruner: none, seed: 0}", max_steps: int = 4,
+def space_text(corpus: Path, *, study: str = "{n_trials: 2, pruner: none, seed: 0}", max_steps: int | str = 4,
                eval_interval: int = 2, ffn: str | None = None, lr: str = "{low: 1e-3, high: 1e-2, log: true}") -> str:
     """Return the YAML of a tiny space: a searched bank and learning rate by default."""
     ffn = ffn or "{kind: moa, bank: {choices: [[relu, gelu], [silu], [relu, silu]]}}"

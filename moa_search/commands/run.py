@@ -190,7 +190,7 @@ def run_command(
 
 
 def _display(storage_url: str, study_name: str, n_trials: int):
-    """Return the live panel on terminals; in log mode the workers' own log lines say enough."""
+    """Return the live panel on terminals. In log mode the workers' own log lines report each trial."""
     from moa_search.display import StudyDisplay, display_mode
 
     if display_mode() != "live":
