@@ -106,7 +106,7 @@ class _Batches:
         self.val = [(w[:, :-1], w[:, 1:]) for w in windows.split(self.batch_size)]
 
     def next_train(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(len(self.train) - self.context - 1, (self.batch_size,), generator=self.generator)
+        starts = torch.randint(len(self.train) - self.context, (self.batch_size,), generator=self.generator)
         windows = self.train[starts.to(self.device, non_blocking=True)[:, None] + self.offsets].long()
         return windows[:, :-1], windows[:, 1:]
 
@@ -118,12 +118,37 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
-def _evaluate(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
-    model.eval()
+def _train_step(step_model: torch.nn.Module, model: GPT, optimizer: torch.optim.Optimizer,
+                batches: _Batches, lr: float, config: RunConfig, device: torch.device) -> torch.Tensor:
+    """Run one optimizer step and return its language-model loss, still on the device."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    x, y = batches.next_train()
     with _autocast(device):
-        losses = torch.stack([model(x, y).loss for x, y in batches])
-    model.train()
+        output = step_model(x, y)
+        loss = output.loss if output.aux_loss is None else output.loss + output.aux_loss
+    loss.backward()
+    if config.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return output.loss.detach()
+
+
+@torch.no_grad()
+def _evaluate(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+              measure_gate_usage: bool = False) -> float:
+    """Return the mean loss over the validation batches; optionally count gate usage over them."""
+    if measure_gate_usage:
+        model.reset_gate_usage()
+        model.track_gate_usage(True)
+    model.eval()
+    try:
+        with _autocast(device):
+            losses = torch.stack([model(x, y).loss for x, y in batches])
+    finally:
+        model.train()
+        model.track_gate_usage(False)
     return losses.mean().item()
 
 
@@ -202,7 +227,7 @@ def train(
     if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
         state = load_checkpoint(checkpoint_path, device)
         progress = _restore(Path(checkpoint_path), state, config, model, optimizer, batches)
-    elif resume:
+    elif resume and checkpoint_path is not None:
         log.info("no checkpoint at %s; training from step 0", checkpoint_path)
 
     step_model = torch.compile(model) if config.train.compile else model
@@ -221,18 +246,7 @@ def train(
     with bar:
         for step in range(progress.step, max_steps):
             lr = learning_rate(step, config.train, max_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = batches.next_train()
-            with _autocast(device):
-                output = step_model(x, y)
-                loss = output.loss if output.aux_loss is None else output.loss + output.aux_loss
-            loss.backward()
-            if config.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            interval.append(output.loss.detach())
+            interval.append(_train_step(step_model, model, optimizer, batches, lr, config, device))
             progress.step, progress.tokens = step + 1, progress.tokens + tokens_per_step
             if show_progress:
                 bar.advance(progress.step)
@@ -243,13 +257,9 @@ def train(
             eval_start = time.perf_counter()
             losses = torch.stack(interval).float().tolist()
             progress.last_finite_loss = _check_losses(losses, progress.step - len(losses),
-                                                      progress.last_finite_loss, lr)
+                                                      progress.last_finite_loss, config.train.lr)
             usage_measured = progress.step == max_steps
-            if usage_measured:
-                model.reset_gate_usage()
-                model.track_gate_usage(True)
-            val_loss = _evaluate(model, batches.val, device)
-            model.track_gate_usage(False)
+            val_loss = _evaluate(model, batches.val, device, measure_gate_usage=usage_measured)
             if not math.isfinite(val_loss):
                 raise TrainingError(f"validation loss is {val_loss} at step {progress.step}; "
                                     f"last finite training loss: {progress.last_finite_loss:.4f}")
@@ -269,10 +279,7 @@ def train(
 
     if not usage_measured:
         # Resumed from a finished run, so no evaluation ran here: measure the gate usage now.
-        model.reset_gate_usage()
-        model.track_gate_usage(True)
-        _evaluate(model, batches.val, device)
-        model.track_gate_usage(False)
+        _evaluate(model, batches.val, device, measure_gate_usage=True)
     return _result(config, model, progress, device, corpus, wall_start)
 
 
