@@ -71,8 +71,11 @@ def compare_command(
     note: str = typer.Option("", "--note", help="A remark for the Notes section of the report, such as other load on the machine."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice, one per core)."),
 ) -> None:
-    """Train every variant at an equal token budget and parameter count, once per seed, and write
-    the mean and spread of the final validation loss per variant."""
+    """Train FFN variants at an equal token budget and parameter count and report their losses.
+
+    Every variant trains once per seed; the report has the mean and spread of the final validation
+    loss per variant, the parameter counts and the gate usage of the LA and MoA runs.
+    """
     _check_format(output_format, ("table", "json"))
     _set_threads(threads)
     from moa_search.compare import equalise, load_comparison, run_comparison, summarise
@@ -142,8 +145,11 @@ def model_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice, one per core)."),
 ) -> None:
-    """Measure tokens/s and peak memory of whole training steps of one small GPT with GELU, SwiGLU,
-    LA and MoA (K = 4) FFNs, interleaved in one process, as ratios to GELU."""
+    """Measure tokens/s and peak memory of training steps for each FFN kind, as ratios to GELU.
+
+    One small GPT with GELU, SwiGLU, LA and MoA (K = 4) FFNs, eager and compiled, interleaved in one
+    process; tokens/s is the median over timed windows.
+    """
     from moa_search.bench_model import ModelBenchSettings, ROW_FIELDS, run_model_bench
     from moa_search.commands.bench import check_format, print_rows
     from moa_search.compare_report import environment
@@ -173,8 +179,10 @@ def overhead_command(
     output_format: str = typer.Option("table", "--format", help="Output format: table or json."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice, one per core)."),
 ) -> None:
-    """Run a real small study and measure the time spent outside training (sampling, storage,
-    reporting, saving models) as a share of the study's wall time."""
+    """Run a real small study and measure the share of its time spent outside training.
+
+    Outside training means sampling, storage writes, reporting and saving models.
+    """
     import datetime
     import os
     import tempfile
