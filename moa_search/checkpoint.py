@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,12 @@ def load_checkpoint(path: str | Path, device: torch.device) -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`, mapping its tensors onto `device`."""
     try:
         state = torch.load(Path(path), map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message here suggests weights_only=False, which would run code from the file.
+        raise TrainingError(f"failed to read checkpoint {path}: it is not a moa-search checkpoint; "
+                            "delete it or pass another path to start the run again") from None
     except (OSError, RuntimeError, EOFError) as error:
-        raise TrainingError(f"cannot read checkpoint {path}: {error}; delete it to start the run again") from None
+        raise TrainingError(f"failed to read checkpoint {path}: {error}; delete it to start the run again") from None
     version = state.get("format_version") if isinstance(state, dict) else None
     if version != FORMAT_VERSION:
         raise TrainingError(f"checkpoint {path} has format version {version}, expected {FORMAT_VERSION}; "

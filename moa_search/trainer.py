@@ -1,8 +1,8 @@
 """Train one `RunConfig`: a GPT on a corpus for a token or step budget, with periodic evaluation.
 
-The loop keeps losses on the device and copies them to the host only at evaluation points, so on a
-GPU the host can queue the next steps without waiting for results (MoE routing is the exception,
-because it syncs once per MoE layer and step). Same seed and config on
+The loop keeps losses on the device and copies them to the host only at evaluation points. On a GPU
+the host can then queue the next steps without waiting for results; MoE routing is the exception,
+because it syncs once per MoE layer and step. Same seed and config on
 CPU give identical losses: the model initialisation uses the global torch RNG seeded from
 `train.seed`, and batches come from a separate generator seeded from it too.
 """
@@ -82,9 +82,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available here; use auto or cpu")
+        raise ConfigError(f"train.device: {name!r} is not available because torch finds no CUDA device; use auto or cpu")
     if name.startswith("mps") and not torch.backends.mps.is_available():
-        raise ConfigError(f"train.device: {name!r} requested but MPS is not available here; use auto or cpu")
+        raise ConfigError(f"train.device: {name!r} is not available because torch finds no MPS device; use auto or cpu")
     return torch.device(name)
 
 
@@ -112,7 +112,7 @@ class _Batches:
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    # bf16 autocast only on CUDA; CPU bf16 matmuls are slow on most CPUs and change the losses.
+    # bf16 autocast only on CUDA, so CPU runs stay in float32 and repeat exactly.
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -377,7 +377,7 @@ def _result(config: RunConfig, model: GPT, progress: _Progress, device: torch.de
 
 
 class _ProgressBar:
-    """A Rich progress bar on stderr: steps done, time left and the latest losses."""
+    """Rich progress bar on stderr with the steps done, the time left and the latest losses."""
 
     def __init__(self, max_steps: int, start_step: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

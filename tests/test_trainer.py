@@ -160,3 +160,17 @@ def test_device_selection():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="train.device: 'cuda'"):
             resolve_device("cuda")
+
+
+def test_progress_bar_run_completes(corpus):
+    result = train(tiny_config(train={"max_steps": 10}), corpus=corpus, show_progress=True)
+    assert result.steps == 10
+    assert len(result.curve) == 1
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager_losses(corpus):
+    eager = train(tiny_config(train={"max_steps": 20}), corpus=corpus)
+    compiled = train(tiny_config(train={"max_steps": 20, "compile": True}), corpus=corpus)
+    for eager_point, compiled_point in zip(eager.curve, compiled.curve):
+        assert compiled_point.val_loss == pytest.approx(eager_point.val_loss, rel=1e-3)
