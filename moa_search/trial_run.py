@@ -85,7 +85,10 @@ def _curve_entry(point: EvalPoint) -> dict[str, Any]:
 def _is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    # CUDA raises OutOfMemoryError; the CPU allocator raises a RuntimeError with one of these texts.
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        phrase in text for phrase in ("out of memory", "can't allocate memory", "not enough memory"))
 
 
 def _free_memory() -> None:

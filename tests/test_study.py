@@ -197,6 +197,7 @@ def test_sampler_view_hides_baselines():
     assert sampler.exhausted
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
 def test_grid_exhaustion_sets_flag(tmp_path):
     search, _ = _create(tmp_path, study="{sampler: grid, n_trials: 5}", ffn="{kind: fixed, bank: [gelu]}",
                         lr="{choices: [1.0e-3]}")

@@ -14,7 +14,7 @@ from moa_search.space import load_space
 from moa_search.storage import open_storage
 from moa_search.study import create_or_resume
 from moa_search.worker import run_trials
-from tiny_search import read_trials, write_space
+from tiny_search import read_trials, space_text, write_corpus, write_space
 
 
 def _open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **space_options):
@@ -108,8 +108,9 @@ def test_model_artifact_reloads(finished_study):
 
 
 def test_non_finite_loss_fails_and_continues(tmp_path, monkeypatch):
-    # A learning rate of 1e30 overflows the weights at the first step; the grid then runs 1e-3.
-    search, url = _open(tmp_path, monkeypatch, study="{n_trials: 1, pruner: none, sampler: grid, seed: 0}",
+    # A learning rate of 1e30 overflows the weights at the first step. The grid also runs 1e-3, and
+    # the failed trial does not count, so the budget of 2 is never reached: the grid ends the run.
+    search, url = _open(tmp_path, monkeypatch, study="{n_trials: 2, pruner: none, sampler: grid, seed: 0}",
                         ffn="{kind: fixed, bank: [gelu]}", lr="{choices: [1.0e30, 1.0e-3]}")
     summary = run_trials(search, url)
     trials = _search_trials(read_trials(url, "tiny"))
@@ -121,4 +122,29 @@ def test_non_finite_loss_fails_and_continues(tmp_path, monkeypatch):
     assert "finite" in failed[0].user_attrs[records.FAIL_REASON]
     assert len(complete) == 1
     assert complete[0].params["train.lr"] == 1.0e-3
+    assert summary.failed == 1
+    assert summary.stop_reason == "every grid point has run"
+
+
+@pytest.mark.skipif(Path("/proc/sys/vm/overcommit_memory").exists()
+                    and Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1",
+                    reason="with overcommit always on, a huge allocation succeeds and the OOM killer strikes later")
+def test_out_of_memory_fails_and_continues(tmp_path, monkeypatch):
+    # d_model 131072 needs a 64 GiB attention matrix, which the CPU allocator refuses at once.
+    monkeypatch.setenv("MOA_SEARCH_RESULTS", str(tmp_path / "results"))
+    text = space_text(write_corpus(tmp_path), study="{n_trials: 2, pruner: none, sampler: grid, seed: 0}",
+                      ffn="{kind: fixed, bank: [gelu]}", lr="3.0e-3")
+    path = tmp_path / "huge.yaml"
+    path.write_text(text.replace("d_model: 8", "d_model: {choices: [8, 131072]}"), encoding="utf-8")
+    space = load_space(path)
+    url = f"sqlite:///{(tmp_path / 'studies.db').as_posix()}"
+    search = create_or_resume(open_storage(url), space, space.settings, study_name="huge",
+                              source=path.read_text(encoding="utf-8"))
+    summary = run_trials(search, url)
+    trials = _search_trials(read_trials(url, "huge"))
+    failed = [trial for trial in trials if trial.state == TrialState.FAIL]
+    assert len(failed) == 1
+    assert failed[0].params["model.d_model"] == 131072
+    assert failed[0].user_attrs[records.FAIL_REASON].startswith("out of memory")
+    assert [trial.params["model.d_model"] for trial in trials if trial.state == TrialState.COMPLETE] == [8]
     assert summary.failed == 1
