@@ -6,9 +6,9 @@ import logging
 import os
 import subprocess
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -38,7 +38,8 @@ def _child_log_flags() -> list[str]:
     """Global flags for worker subprocesses: quiet under a live panel or --quiet, verbose under -v."""
     from moa_search.display import display_mode
 
-    if logging.getLogger("moa_search").level <= logging.DEBUG:
+    level = logging.getLogger("moa_search").level
+    if level != logging.NOTSET and level <= logging.DEBUG:
         return ["-v"]
     return ["-q"] if display_mode() in ("live", "quiet") else []
 
@@ -173,7 +174,7 @@ def run_command(
                     "`moa-search worker --study %s --storage URL`", search.name, search.n_trials, search.name)
         return
     display = _display(storage_url, search.name, search.n_trials)
-    with display:
+    with display, _interruptible():
         if workers == 1:
             run_trials(search, storage_url, timeout_seconds=settings.timeout_seconds, device=device)
             exit_codes = [0]
@@ -187,6 +188,18 @@ def run_command(
         raise StudyError(f"worker(s) {', '.join(map(str, failed))} of {workers} exited with an error "
                          f"(exit codes {exit_codes}); see their messages above. Trials they finished are kept; "
                          "run the same command again to resume")
+
+
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Turn Ctrl-C into one log line and exit code 130 instead of a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        # The running trial stays RUNNING until its heartbeat goes stale; then it is re-queued.
+        logger.warning("Interrupted. The next run or any worker retries the unfinished trial with the same "
+                       "parameters once its heartbeat is stale")
+        raise typer.Exit(130) from None
 
 
 def _display(storage_url: str, study_name: str, n_trials: int):
@@ -214,8 +227,10 @@ def worker_command(
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"--timeout must be > 0 seconds, got {timeout}")
     check_device(device, _gpu_count())
-    run_worker(WorkerOptions(study_name=study, storage_url=_storage_url(storage), n_trials=n_trials,
-                             timeout_seconds=timeout, sampler=sampler, pruner=pruner, seed=seed, device=device))
+    options = WorkerOptions(study_name=study, storage_url=_storage_url(storage), n_trials=n_trials,
+                            timeout_seconds=timeout, sampler=sampler, pruner=pruner, seed=seed, device=device)
+    with _interruptible():
+        run_worker(options)
 
 
 def register(app: typer.Typer) -> None:
