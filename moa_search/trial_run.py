@@ -130,6 +130,8 @@ class _Reporter:
         if not self.report:
             return
         # Optuna reports and prunes single-objective studies only.
+        # NOTE: the pruner compares trials at equal optimizer steps; when a space searches batch_size,
+        # equal steps mean unequal token counts.
         self.storage_call(lambda: self.trial.report(point.val_loss, point.step), "report the validation loss")
         if self.prune and self.storage_call(self.trial.should_prune, "ask the pruner"):
             raise optuna.TrialPruned(f"pruned at step {point.step} of {point.max_steps} "
