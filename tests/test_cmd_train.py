@@ -164,3 +164,9 @@ def test_console_script_trains_from_yaml(cache_dir, tmp_path):
     assert metrics["gate_usage"]["1"]["activations"] == ["relu", "gelu", "silu"]
     assert "second" in metrics["gate_usage"]["1"]  # bi-sided GLU is the default mixing
     assert "step 20/20" in completed.stderr
+
+
+def test_threads_below_one_is_rejected():
+    result = invoke(["train", "--threads", "0"])
+    assert result.exit_code == 1
+    assert "--threads: must be >= 1, got 0" in result.output

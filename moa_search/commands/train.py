@@ -77,10 +77,14 @@ def train_command(
     checkpoint: Optional[Path] = typer.Option(
         None, "--checkpoint", metavar="PATH", help="Save a checkpoint to PATH at every evaluation."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint at --checkpoint PATH when it exists."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="torch CPU threads (default: torch's choice, one per core); 1 helps on shared cores."),
 ) -> None:
     """Train one configuration on its corpus and print validation loss, throughput and gate usage."""
     if output_format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {output_format!r}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads: must be >= 1, got {threads}")
     if resume and checkpoint is None:
         raise ConfigError("--resume needs --checkpoint PATH, the checkpoint to continue from")
     if checkpoint is not None and checkpoint.exists() and not resume:
@@ -92,6 +96,11 @@ def train_command(
     config = load_run_config(config_path, settings)
 
     from moa_search.trainer import train  # late import: torch loads only when a run starts
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
     show_progress = is_interactive() and not os.environ.get("MOA_SEARCH_QUIET")
     result = train(config, checkpoint_path=checkpoint, resume=resume, show_progress=show_progress)
