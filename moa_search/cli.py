@@ -75,14 +75,7 @@ def _global_options(
 
 
 for _name in _COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"moa_search.commands.{_name}")
-    except ModuleNotFoundError as _error:
-        # NOTE: tolerated only while the package is being assembled; every module in the list ships.
-        if _error.name != f"moa_search.commands.{_name}":
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(f"moa_search.commands.{_name}").register(app)
 
 
 def main() -> None:
