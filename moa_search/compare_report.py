@@ -89,7 +89,7 @@ def comparison_markdown(records: list[RunRecord], *, command: str, space_text: s
         f"- Command: `{command}`",
         f"- Date: {env['date']}",
         f"- Machine: {env['machine']}",
-        f"- Python {env['python']}, torch {env['torch']}, {env['threads']} torch CPU threads",
+        f"- Python {env['python']}, torch {env['torch']}, torch CPU threads: {env['threads']}",
         f"- Status: {status}",
         "",
         "Every variant trained the same token budget on the built-in corpus with the settings below, "
