@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 from typing import Any
 
 import optuna
@@ -12,6 +13,15 @@ from optuna.trial import FrozenTrial, TrialState
 
 from moa_search import records
 from moa_search.config import FFNConfig, RunConfig, run_config_to_dict
+
+
+@pytest.fixture(autouse=True)
+def _restore_package_logger():
+    """Undo the CLI's logging set-up after each test, so caplog in later tests sees moa_search records."""
+    logger = logging.getLogger("moa_search")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def usage(names: list[str], shares: list[float], entropy: float) -> dict[str, Any]:
