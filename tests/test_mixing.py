@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from moa_search import mixing
 from moa_search.activations import ACTIVATIONS
 from moa_search.mixing import (
     MixProduct,
@@ -132,3 +133,33 @@ def test_compiled_matches_reference_float64():
         reference_grads = torch.autograd.grad((reference * upstream).sum(), leaves)
         for got, expected in zip(compiled_grads, reference_grads):
             torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("per_token", [True, False])
+def test_lean_row_blocks_match_reference(monkeypatch, variant, per_token):
+    # Blocks of 2 rows over [2, 3, 5] inputs: 6 rows split unevenly into 3 blocks, leading dims kept.
+    monkeypatch.setattr(mixing, "CPU_BLOCK_ELEMENTS", 10)
+    bank = ("relu", "gelu", "tanh")
+    generator = torch.Generator().manual_seed(1)
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).requires_grad_(True)
+
+    u1 = leaf(2, 3, 5)
+    w1 = leaf(2, 3, len(bank)) if per_token else leaf(len(bank))
+    u2 = leaf(2, 3, 5) if variant != "mlp" else None
+    w2 = (leaf(2, 3, len(bank)) if per_token else leaf(len(bank))) if variant == "glu_bi" else None
+    assert len(mixing._row_blocks(6, 5, u1.device)) == 3
+
+    leaves = _leaves(u1, w1, u2, w2)
+    upstream = torch.randn(2, 3, 5, generator=generator, dtype=torch.float64)
+    lean = mix_product_lean(u1, w1, bank, u2, w2)
+    reference = mix_product_reference(u1, w1, bank, u2, w2)
+    assert lean.shape == (2, 3, 5)
+    torch.testing.assert_close(lean, reference)
+    lean_grads = torch.autograd.grad((lean * upstream).sum(), leaves)
+    reference_grads = torch.autograd.grad((reference * upstream).sum(), leaves)
+    for got, expected in zip(lean_grads, reference_grads):
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected)
