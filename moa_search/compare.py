@@ -1,6 +1,6 @@
 """A fair comparison of FFN variants: equal token budget, equal parameter count, several seeds.
 
-A comparison file (see search_spaces/comparison.yaml) has three sections:
+A comparison file (see search_spaces/comparisons/moa_vs_baselines.yaml) has three sections:
 
     base:        # a run config (model, data, train) shared by every variant
     variants:    # a list of {name, ffn: {...FFNConfig settings}}

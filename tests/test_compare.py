@@ -64,7 +64,7 @@ def test_match_d_hidden_is_closest(tmp_path):
 
 
 def test_shipped_comparison_file_matches():
-    comparison = load_comparison("search_spaces/comparison.yaml")
+    comparison = load_comparison("search_spaces/comparisons/moa_vs_baselines.yaml")
     names = [variant.name for variant in comparison.variants]
     assert names[:2] == ["gelu", "swiglu"]
     assert comparison.seeds >= 3
@@ -164,7 +164,7 @@ def test_bench_compare_command(tmp_path):
 
 
 def test_bench_compare_rejects_bad_seeds(tmp_path):
-    result = CliRunner().invoke(app, ["bench", "compare", "search_spaces/comparison.yaml", "--seeds", "0",
+    result = CliRunner().invoke(app, ["bench", "compare", "search_spaces/comparisons/moa_vs_baselines.yaml", "--seeds", "0",
                                       "--output", str(tmp_path / "C.md")])
     assert result.exit_code == 1
     assert "--seeds" in result.output

@@ -19,7 +19,7 @@ from moa_search.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COMPARISON = Path("search_spaces/comparison.yaml")
+DEFAULT_COMPARISON = Path("search_spaces/comparisons/moa_vs_baselines.yaml")
 
 
 def _check_format(output_format: str, allowed: tuple[str, ...]) -> None:
