@@ -149,6 +149,7 @@ def run_trial(search: SearchStudy, trial: optuna.Trial, *, baseline: str | None,
     single_objective = len(search.settings.objectives) == 1
     reporter = _Reporter(trial, prune=baseline is None and single_objective, report=single_objective,
                          storage_call=storage_call)
+    out_of_memory = False
     try:
         config = baseline_config(search.space.base, baseline) if baseline else search.space.sample(trial)
         if device is not None:
@@ -178,8 +179,14 @@ def run_trial(search: SearchStudy, trial: optuna.Trial, *, baseline: str | None,
             _finish(search, trial, TrialOutcome(TrialState.FAIL, reason=f"{type(error).__name__}: {error}"),
                     reporter, set_attr, storage_call, started)
             raise
+        out_of_memory = True
         outcome = TrialOutcome(TrialState.FAIL, reason=f"out of memory on {device or 'the default device'}: "
                                                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}")
+    if out_of_memory:
+        # Outside the except block the exception's frames, which held the model and batches, are gone,
+        # so a full collection frees them before the next trial allocates. Other outcomes skip it,
+        # because it can take seconds.
+        _free_memory()
     outcome = dataclasses.replace(outcome, baseline=baseline)
     _finish(search, trial, outcome, reporter, set_attr, storage_call, started)
     return outcome
@@ -209,7 +216,6 @@ def _finish(search: SearchStudy, trial: optuna.Trial, outcome: TrialOutcome, rep
     if outcome.state != TrialState.COMPLETE:
         set_attr(records.FAIL_REASON, outcome.reason)
         set_attr(records.CURVE, reporter.curve)
-        _free_memory()
     values = outcome.values if outcome.state == TrialState.COMPLETE else None
     storage_call(lambda: search.study.tell(trial, values, state=outcome.state, skip_if_finished=True),
                  "finish the trial")
