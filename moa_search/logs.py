@@ -26,11 +26,20 @@ def is_interactive() -> bool:
 
 
 def setup_logging(verbosity: int = 0) -> None:
-    """Send moa_search logs to stderr: -1 warnings only (--quiet), 0 info, 1 or more debug (-v)."""
+    """Send moa_search logs to stderr: -1 warnings only (--quiet), 0 info, 1 or more debug (-v).
+
+    On a terminal the lines go through Rich; otherwise (a pipe, a file, NO_COLOR) each record is one
+    plain, unwrapped line, so logs stay greppable.
+    """
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
-    handler = RichHandler(console=stderr_console(), show_path=verbosity > 0, rich_tracebacks=False,
-                          markup=False, show_time=is_interactive())
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler: logging.Handler
+    if is_interactive():
+        handler = RichHandler(console=stderr_console(), show_path=verbosity > 0, rich_tracebacks=False,
+                              markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger("moa_search")
     root.handlers[:] = [handler]
     root.setLevel(level)
