@@ -157,7 +157,8 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
     if base == "bool":
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: must be true or false, got {value!r}")
+        raise ConfigError(f"{key}: must be true or false, got {value!r}; moa-search reads YAML 1.2, where "
+                          "yes, no, on and off are strings, so write true or false")
     if base == "int":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
             raise ConfigError(f"{key}: must be an integer, got {value!r}")
