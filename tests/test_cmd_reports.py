@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
 
 import optuna
 import pytest
@@ -144,6 +145,20 @@ def test_export_yaml_round_trips(report_env, tmp_path):
     assert load_run_config(target) == run_config_from_dict(stored)
     assert load_exported_ffn(target).kind == "moa"
     assert target.read_text().startswith("# moa-search export of study report-study, trial 2 (complete, val loss")
+
+
+def test_export_yaml_header_command_trains(report_env, tmp_path):
+    target = tmp_path / "best.yaml"
+    assert _invoke("export", "--output", str(target)).exit_code == 0
+    header = [line for line in target.read_text().splitlines() if "Train it with:" in line]
+    assert len(header) == 1, target.read_text()
+    command = shlex.split(header[0].split("Train it with:", 1)[1])
+    assert command[:2] == ["moa-search", "train"]
+    arguments = [str(target) if part == "THIS_FILE" else part for part in command[1:]]
+    assert str(target) in arguments
+    result = _invoke(*arguments, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["steps"] == 12
 
 
 def test_export_python_to_stdout(report_env):

@@ -119,7 +119,7 @@ def export(
         header = (f"moa-search export of study {loaded.study_name}, trial {chosen.number} ({chosen.state.name.lower()}"
                   + (f", val loss {loss:.4f}" if isinstance(loss, float) else "") + ")")
         if output_format == "yaml":
-            text = export_config_yaml(config, header=header + "\nTrain it with: moa-search train --config THIS_FILE")
+            text = export_config_yaml(config, header=header + "\nTrain it with: moa-search train THIS_FILE")
         else:
             text = ffn_python_snippet(config.ffn, config.ffn_per_layer, header=header)
     if output is None:
