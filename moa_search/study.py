@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import optuna
-from optuna.samplers import BaseSampler
+from optuna.samplers import BaseGASampler, BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from moa_search import records
@@ -107,9 +107,19 @@ class SearchTrialsSampler(BaseSampler):
         return _SearchTrialsView(study, self)
 
     def infer_relative_search_space(self, study, trial):
+        if records.is_baseline(trial):
+            return {}
         return self.inner.infer_relative_search_space(self._view(study), trial)
 
     def sample_relative(self, study, trial, search_space):
+        # Baselines take no parameters from the space, so they never reach the inner sampler. That
+        # also keeps them out of NSGA-II's generations, which only count trials it has sampled.
+        if records.is_baseline(trial):
+            return {}
+        if isinstance(self.inner, BaseGASampler):
+            # The GA's generation cache indexes the trial list by trial number, which needs the
+            # real study's full list. It already ignores trials without a generation (baselines).
+            return self.inner.sample_relative(study, trial, search_space)
         return self.inner.sample_relative(self._view(study), trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
@@ -160,9 +170,26 @@ def build_pruner(name: str, base: RunConfig) -> optuna.pruners.BasePruner:
     raise ConfigError(f"pruner: must be one of hyperband, median, none, got {name!r}")
 
 
+def resolve_pruner(settings: StudySettings) -> str:
+    """Return the pruner a study runs with: the one set, else hyperband where pruning works, else none.
+
+    Pruning works with one objective only, and not with NSGA-II, whose generations are built from
+    complete trials only, so pruned trials would never become parents.
+    """
+    if settings.pruner is not None:
+        return settings.pruner
+    if len(settings.objectives) > 1 or settings.sampler == "nsga2":
+        return "none"
+    return "hyperband"
+
+
 def check_pruner(settings: StudySettings) -> str:
-    """Return the pruner to use, or raise StudyError when a pruner is combined with several objectives."""
-    pruner = settings.resolved_pruner
+    """Return the pruner to use, or raise StudyError when the pruner cannot work with the objectives
+    or the sampler."""
+    pruner = resolve_pruner(settings)
+    if settings.sampler == "nsga2" and pruner != "none":
+        raise StudyError(f"pruner {pruner!r} cannot be used with sampler nsga2, because NSGA-II builds its "
+                         "generations from complete trials only; use --pruner none, or another sampler")
     if len(settings.objectives) > 1 and pruner != "none":
         raise StudyError(f"pruner {pruner!r} cannot be used with several objectives "
                          f"({', '.join(settings.objectives)}), because Optuna prunes single-objective studies "
@@ -259,7 +286,7 @@ def _stored_settings(study: optuna.Study) -> dict[str, Any]:
 def _settings_record(settings: StudySettings) -> dict[str, Any]:
     return {
         "sampler": settings.sampler,
-        "pruner": settings.resolved_pruner,
+        "pruner": resolve_pruner(settings),
         "seed": settings.seed,
         "n_trials": settings.n_trials if settings.n_trials is not None else DEFAULT_N_TRIALS,
         "timeout_seconds": settings.timeout_seconds,

@@ -222,3 +222,36 @@ def test_baseline_configs():
     assert gelu.model == base.model
     with pytest.raises(StudyError, match="unknown baseline"):
         baseline_config(base, "relu")
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+@pytest.mark.parametrize("objectives", [["val_loss"], ["val_loss", "params"]])
+def test_nsga2_generations_skip_baselines(tmp_path, objectives):
+    search, _ = _create(tmp_path, study=f"{{sampler: nsga2, pruner: none, seed: 0, objectives: {objectives}}}")
+    # A population of 2 makes the third search trial a child of the first generation.
+    search.sampler.inner.population_size = 2
+    study = search.study
+    for _ in range(2):  # the baselines
+        study.tell(study.ask(), [1.0] * len(objectives))
+    for index in range(6):
+        trial = study.ask()
+        config = search.space.sample(trial)
+        study.tell(trial, [config.train.lr * (index + 1)] * len(objectives))
+    search_trials = [trial for trial in study.get_trials() if not records.is_baseline(trial)]
+    assert [trial.state for trial in search_trials] == [TrialState.COMPLETE] * 6
+    generation_key = type(search.sampler.inner)._get_generation_key()
+    assert [trial.system_attrs[generation_key] for trial in search_trials] == [0, 0, 1, 1, 2, 2]
+    baselines = [trial for trial in study.get_trials() if records.is_baseline(trial)]
+    assert all(generation_key not in trial.system_attrs for trial in baselines)
+
+
+@pytest.mark.parametrize("pruner", ["hyperband", "median"])
+def test_nsga2_with_pruner_rejected(pruner):
+    settings = StudySettings(sampler="nsga2", pruner=pruner)
+    with pytest.raises(StudyError, match=f"pruner {pruner!r} cannot be used with sampler nsga2"):
+        check_pruner(settings)
+
+
+def test_nsga2_defaults_to_no_pruner():
+    assert check_pruner(StudySettings(sampler="nsga2")) == "none"
+    assert check_pruner(StudySettings(sampler="nsga2", pruner="none")) == "none"

@@ -148,3 +148,13 @@ def test_out_of_memory_fails_and_continues(tmp_path, monkeypatch):
     assert failed[0].user_attrs[records.FAIL_REASON].startswith("out of memory")
     assert [trial.params["model.d_model"] for trial in trials if trial.state == TrialState.COMPLETE] == [8]
     assert summary.failed == 1
+
+
+def test_nsga2_runs_four_trials(tmp_path, monkeypatch):
+    search, url = _open(tmp_path, monkeypatch, study="{n_trials: 4, sampler: nsga2, seed: 0}")
+    summary = run_trials(search, url)
+    trials = _search_trials(read_trials(url, "tiny"))
+    assert [trial.state for trial in trials] == [TrialState.COMPLETE] * 4
+    assert summary.complete == 4
+    assert summary.failed == 0
+    assert search.study.user_attrs[records.SETTINGS]["pruner"] == "none"
