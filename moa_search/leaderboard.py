@@ -2,22 +2,24 @@
 
 Only completed trials are ranked (by validation loss, lowest first). Failed, pruned and running
 trials are kept apart with their reason, so a crash never looks like a bad loss. Each row carries the
-per-token gate usage of the trial and a collapse mark when one activation wins almost every token.
+per-token gate usage of the trial's MoA layers, the mixing weights of its LA layers, and a collapse
+mark when one activation wins almost every token in every MoA layer.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from optuna.trial import FrozenTrial, TrialState
 
 from moa_search.errors import MoaSearchError
 from moa_search.records import trial_record
 
-# A layer counts as collapsed when one activation is the largest gate weight for more than this
-# share of its tokens. A trial is marked as collapsed when every layer with gates is collapsed.
+# A MoA layer counts as collapsed when one activation is the largest gate weight for more than this
+# share of its tokens. A trial is marked as collapsed when every MoA layer is collapsed; LA and
+# fixed layers never count, because LA weights are the same for every token.
 COLLAPSE_SHARE = 0.95
 
 STATES = {
@@ -60,29 +62,63 @@ def parse_states(text: str | None) -> set[TrialState] | None:
     return states
 
 
-def summarize_gate_usage(gate_usage: dict[str, dict] | None) -> dict[str, Any] | None:
-    """Average the per-layer usage of the first gated branch over layers.
+def summarize_gate_usage(gate_usage: dict[str, dict] | None,
+                         layer_kinds: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """Average the per-layer usage of the first gated branch over layers of the same kind.
 
-    Returns None for a model without gates (kind fixed), else a dict with "activations",
-    "share" (mean share of tokens won per activation), "entropy" (mean normalised entropy),
-    "max_share_per_layer" and "collapsed".
+    `layer_kinds` maps a layer key to its FFN kind; a layer missing from it counts as "moa". MoA
+    layers give per-token shares. LA layers give their mixing weights instead, because LA weights
+    are shared by all tokens, so one activation always wins every token there.
+
+    Returns None for a model without gates (kind fixed), else a dict with "activations" (names in
+    order of first appearance), "share" (mean share of tokens won per activation over MoA layers,
+    None without MoA layers), "mean_weight" (mean LA mixing weight per activation over LA layers,
+    None without LA layers), "entropy" (mean normalised entropy over all gated layers),
+    "max_share_per_layer" (MoA layers only) and "collapsed" (every MoA layer collapsed).
     """
     if not gate_usage:
         return None
-    layers = [gate_usage[key] for key in sorted(gate_usage, key=_layer_order)]
-    names = list(layers[0]["activations"])
-    shares = [0.0] * len(names)
-    for usage in layers:
-        for index, share in enumerate(usage["share"]):
-            shares[index] += share / len(layers)
-    max_shares = [max(usage["share"]) if usage["share"] else 0.0 for usage in layers]
+    kinds = layer_kinds or {}
+    keys = sorted(gate_usage, key=_layer_order)
+    moa_layers = [gate_usage[key] for key in keys if kinds.get(str(key), "moa") != "la"]
+    la_layers = [gate_usage[key] for key in keys if kinds.get(str(key), "moa") == "la"]
+    names: list[str] = []
+    for key in keys:
+        names += [name for name in gate_usage[key]["activations"] if name not in names]
+    max_shares = [max(usage["share"]) if usage["share"] else 0.0 for usage in moa_layers]
     return {
         "activations": names,
-        "share": shares,
-        "entropy": sum(float(usage["entropy"]) for usage in layers) / len(layers),
+        "share": _mean_per_name(names, moa_layers, "share"),
+        "mean_weight": _mean_per_name(names, la_layers, "mean_weight"),
+        "entropy": sum(float(gate_usage[key]["entropy"]) for key in keys) / len(keys),
         "max_share_per_layer": max_shares,
-        "collapsed": all(share > COLLAPSE_SHARE for share in max_shares),
+        "collapsed": bool(moa_layers) and all(share > COLLAPSE_SHARE for share in max_shares),
     }
+
+
+def _mean_per_name(names: list[str], layers: list[dict], field_name: str) -> list[float] | None:
+    """Average one per-activation field over layers; a layer without an activation adds 0 for it."""
+    if not layers or any(field_name not in usage for usage in layers):
+        return None
+    totals = dict.fromkeys(names, 0.0)
+    for usage in layers:
+        for name, value in zip(usage["activations"], usage[field_name]):
+            totals[name] += value / len(layers)
+    return [totals[name] for name in names]
+
+
+def layer_kinds(trial: FrozenTrial) -> dict[str, str]:
+    """Return the FFN kind of every layer key of the trial's gate usage, from its config.
+
+    The stored config gives the base kind and the `ffn_per_layer` overrides; a trial without a
+    stored config falls back to its sampled "ffn.kind" for every layer.
+    """
+    config = trial_record(trial).config or {}
+    base_kind = ffn_settings(trial).get("kind", "moa")
+    overrides = {str(index): settings.get("kind", base_kind)
+                 for index, settings in (config.get("ffn_per_layer") or {}).items()}
+    usage = trial_record(trial).gate_usage or {}
+    return {str(key): overrides.get(str(key), base_kind) for key in usage}
 
 
 def _layer_order(key: str) -> tuple[int, str]:
@@ -105,7 +141,7 @@ def trial_row(trial: FrozenTrial, best_baseline_loss: float | None = None) -> di
         delta = val_loss - best_baseline_loss
         delta_percent = 100.0 * delta / best_baseline_loss if best_baseline_loss else None
     mixes = ffn.get("kind") == "moa"
-    usage = summarize_gate_usage(record.gate_usage)
+    usage = summarize_gate_usage(record.gate_usage, layer_kinds(trial))
     params = metrics.get("params") or {}
     return {
         "rank": None,
@@ -127,12 +163,19 @@ def trial_row(trial: FrozenTrial, best_baseline_loss: float | None = None) -> di
         "tokens_per_second": metrics.get("tokens_per_second"),
         "duration_seconds": _duration(trial, metrics),
         "gate_usage": record.gate_usage or {},
-        "gate_share": dict(zip(usage["activations"], usage["share"])) if usage else None,
+        "gate_share": _by_name(usage, "share"),
+        "mixing_weight": _by_name(usage, "mean_weight"),
         "gate_entropy": usage["entropy"] if usage else None,
         "collapsed": bool(usage and usage["collapsed"]),
         "reason": record.fail_reason if trial.state != TrialState.COMPLETE else None,
         "progress": record.progress if trial.state == TrialState.RUNNING else None,
     }
+
+
+def _by_name(usage: dict[str, Any] | None, key: str) -> dict[str, float] | None:
+    if usage is None or usage[key] is None:
+        return None
+    return dict(zip(usage["activations"], usage[key]))
 
 
 def ffn_settings(trial: FrozenTrial) -> dict[str, Any]:

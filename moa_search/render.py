@@ -20,7 +20,7 @@ _BLOCKS = "▁▂▃▄▅▆▇█"
 CSV_COLUMNS = (
     "rank", "number", "state", "val_loss", "delta", "delta_percent", "is_baseline", "baseline",
     "kind", "type", "glu_mixing", "bank", "gate", "temperature", "top_k", "params",
-    "tokens_per_second", "duration_seconds", "gate_share", "gate_entropy", "collapsed", "reason",
+    "tokens_per_second", "duration_seconds", "gate_share", "mixing_weight", "gate_entropy", "collapsed", "reason",
 )
 
 
@@ -76,15 +76,24 @@ def share_bar(share: float) -> str:
 
 
 def gate_usage_cell(row: dict[str, Any]) -> Text:
-    """Render the mean gate usage of a row: a bar and percent per activation, then the entropy."""
+    """Render the mean gate usage of a row, then the entropy.
+
+    MoA layers show a bar and percent of tokens per activation. LA layers show α, the learned
+    mixing weights, because every token gets the same LA weights.
+    """
     share = row.get("gate_share")
-    if not share:
+    mixing = row.get("mixing_weight")
+    if not share and not mixing:
         return Text("-")
     text = Text()
-    for name, value in share.items():
+    for name, value in (share or {}).items():
         text.append(f"{name} ")
         text.append(share_bar(value), style="cyan")
         text.append(f"{100 * value:.0f} ")
+    if mixing:
+        text.append("| " if share else "")
+        text.append("α ", style="cyan")
+        text.append(" ".join(f"{name} {value:.2f}" for name, value in mixing.items()) + " ")
     text.append(f"H {row['gate_entropy']:.2f}", style="dim")
     if row.get("collapsed"):
         text.append(" ⚠ collapse", style="bold yellow")
@@ -131,7 +140,8 @@ def leaderboard_table(board: Leaderboard) -> Table:
     table = Table(title=f"Leaderboard of study {board.study_name}" if board.study_name else "Leaderboard",
                   title_justify="left", header_style="bold", caption_justify="left",
                   caption="gate usage: % of tokens whose largest gate weight is each activation (mean over "
-                          "layers), H: normalised gate entropy")
+                          "MoA layers), α: learned mixing weights (mean over LA layers), "
+                          "H: normalised gate entropy")
     for name, justify in (("rank", "right"), ("trial", "left"), ("val loss", "right"), ("Δ best baseline", "right"),
                           ("kind/type", "left"), ("bank", "left"), ("gate", "left"), ("params", "right"),
                           ("tok/s", "right"), ("time", "right"), ("gate usage", "left")):
@@ -218,7 +228,7 @@ def _csv_value(column: str, value: Any) -> str:
         return ""
     if column == "bank":
         return "+".join(value)
-    if column == "gate_share":
+    if column in ("gate_share", "mixing_weight"):
         return ";".join(f"{name}={share:.4f}" for name, share in value.items())
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -10,6 +10,9 @@ import pytest
 from optuna.trial import TrialState
 from rich.console import Console
 
+from conftest import frozen_trial, usage
+from moa_search import records
+from moa_search.config import FFNConfig, RunConfig, run_config_to_dict
 from moa_search.errors import MoaSearchError
 from moa_search.leaderboard import build_leaderboard, parse_states, summarize_gate_usage
 from moa_search.render import (
@@ -88,6 +91,51 @@ def test_collapse_needs_every_layer(sample_trials):
     assert rows[3]["collapsed"] is True
     assert rows[4]["collapsed"] is False  # only layer 0 collapsed
     assert rows[2]["collapsed"] is False
+
+
+def _layered_trial(number: int, base: FFNConfig, per_layer: dict[int, FFNConfig], gate_usage: dict[str, dict]):
+    trial = frozen_trial(number, val_loss=2.0, ffn=base, gate_usage=gate_usage)
+    trial.user_attrs[records.CONFIG]["ffn_per_layer"] = {
+        str(index): run_config_to_dict(RunConfig(ffn=layer_ffn))["ffn"] for index, layer_ffn in per_layer.items()}
+    return trial
+
+
+def test_la_trial_never_collapses():
+    # LA weights are shared by all tokens, so one activation always wins 100% of them.
+    bank = ["relu", "relu2", "silu"]
+    la_usage = {"activations": bank, "share": [1.0, 0.0, 0.0], "mean_weight": [0.34, 0.33, 0.33],
+                "entropy": 1.0, "tokens": 1000}
+    trial = frozen_trial(0, val_loss=2.0, ffn=FFNConfig(kind="la", bank=tuple(bank)),
+                         gate_usage={"0": la_usage, "1": la_usage})
+    row = build_leaderboard([trial]).ranked[0]
+    assert row["collapsed"] is False
+    assert row["gate_share"] is None
+    assert row["mixing_weight"] == pytest.approx({"relu": 0.34, "relu2": 0.33, "silu": 0.33})
+    cell = gate_usage_cell(row).plain
+    assert "collapse" not in cell
+    assert "α relu 0.34 relu2 0.33 silu 0.33" in cell
+
+
+def test_collapse_counts_only_moa_layers():
+    bank = ["relu", "gelu"]
+    moa = FFNConfig(kind="moa", bank=tuple(bank))
+    la = FFNConfig(kind="la", bank=tuple(bank))
+    collapsed = usage(bank, [0.99, 0.01], 0.05)
+    balanced = usage(bank, [0.5, 0.5], 0.9)
+    la_usage = usage(bank, [1.0, 0.0], 1.0)
+    # MoA layer 0 collapsed, LA layer 1 always shows 100%: the trial is collapsed.
+    moa_then_la = _layered_trial(0, moa, {1: la}, {"0": collapsed, "1": la_usage})
+    # LA base with one balanced MoA override: not collapsed, whatever the LA layer shows.
+    la_then_moa = _layered_trial(1, la, {1: moa}, {"0": la_usage, "1": balanced})
+    # A fixed override has no gate usage and does not block the collapse mark.
+    moa_then_fixed = _layered_trial(2, moa, {1: FFNConfig(kind="fixed", bank=("gelu",))}, {"0": collapsed})
+    rows = {row["number"]: row for row in build_leaderboard([moa_then_la, la_then_moa, moa_then_fixed]).rows()}
+    assert rows[0]["collapsed"] is True
+    assert rows[0]["gate_share"] == pytest.approx({"relu": 0.99, "gelu": 0.01})
+    assert rows[0]["mixing_weight"] == pytest.approx({"relu": 0.5, "gelu": 0.5})
+    assert rows[1]["collapsed"] is False
+    assert rows[1]["gate_share"] == pytest.approx({"relu": 0.5, "gelu": 0.5})
+    assert rows[2]["collapsed"] is True
 
 
 def test_states_filter_sort_and_top(sample_trials):
