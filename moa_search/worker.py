@@ -40,6 +40,11 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 2.0
 # A worker stops after this many failed trials in a row: something is wrong with every config.
 MAX_FAILURES_IN_ROW = 10
+# Pid of the `run --workers N` process that started this worker. The worker ends when that process
+# is gone, so a killed run leaves no workers training behind it.
+PARENT_PID_ENV = "MOA_SEARCH_PARENT_PID"
+# Seconds between checks that the parent process still runs, while a trial trains.
+PARENT_CHECK_SECONDS = 1.0
 
 T = TypeVar("T")
 
@@ -75,37 +80,66 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def parent_pid() -> int | None:
+    """Return the pid of the `run` process that started this worker, or None for a worker started by hand."""
+    text = os.environ.get(PARENT_PID_ENV, "")
+    return int(text) if text.isdigit() else None
+
+
+def parent_ended() -> bool:
+    """Return True when this worker was started by `run --workers N` and that process has ended.
+
+    An orphan is adopted by another process, so its parent pid changes.
+    """
+    expected = parent_pid()
+    return expected is not None and os.getppid() != expected
+
+
+def _exit_orphan(trial_id: int) -> None:
+    # The trial stays RUNNING, so its heartbeat stops and the next worker retries it.
+    logger.warning("The run process (pid %s) that started this worker ended; stopping in the middle of "
+                   "trial id %d, which is retried once its heartbeat is stale", parent_pid(), trial_id)
+    os._exit(1)
+
+
 @contextlib.contextmanager
 def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[None]:
     """Record the trial's heartbeat every interval from a thread while the body runs.
 
     Training keeps the main thread busy for minutes, so the heartbeat needs its own thread. That
-    thread gets to run because torch releases the GIL in its kernels.
+    thread gets to run because torch releases the GIL in its kernels. The same thread ends the
+    process when the `run` process that started it is gone (see PARENT_PID_ENV).
     """
     interval = storage.get_heartbeat_interval() if isinstance(storage, optuna.storages.RDBStorage) else None
     if not interval:
         yield
         return
     stop = threading.Event()
+    wake_seconds = min(interval, PARENT_CHECK_SECONDS) if parent_pid() is not None else interval
 
     def beat() -> None:
         failures = 0
+        next_beat = time.monotonic()
         while True:
-            try:
-                storage.record_heartbeat(trial_id)
-                if failures:
-                    logger.info("Recorded the heartbeat of trial id %d again after %d failed attempts", trial_id,
-                                failures)
-                failures = 0
-            except Exception as error:  # noqa: BLE001 - a missed beat must not end the trial
-                failures += 1
-                # Log the first failure of a run only, since a lost database fails every beat.
-                # Optuna's StorageInternalError hides the driver's reason in __cause__.
-                if failures == 1:
-                    reason = str(error.__cause__ or error).strip().splitlines()[0]
-                    logger.warning("Failed to record the heartbeat of trial id %d (%s); retrying every %d s",
-                                   trial_id, reason, interval)
-            if stop.wait(interval):
+            if parent_ended():
+                _exit_orphan(trial_id)
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + interval
+                try:
+                    storage.record_heartbeat(trial_id)
+                    if failures:
+                        logger.info("Recorded the heartbeat of trial id %d again after %d failed attempts",
+                                    trial_id, failures)
+                    failures = 0
+                except Exception as error:  # noqa: BLE001 - a missed beat must not end the trial
+                    failures += 1
+                    # Log the first failure of a run only, since a lost database fails every beat.
+                    # Optuna's StorageInternalError hides the driver's reason in __cause__.
+                    if failures == 1:
+                        reason = str(error.__cause__ or error).strip().splitlines()[0]
+                        logger.warning("Failed to record the heartbeat of trial id %d (%s); retrying every %d s",
+                                       trial_id, reason, interval)
+            if stop.wait(wake_seconds):
                 return
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
@@ -151,6 +185,8 @@ class _Worker:
         """Return why the loop should stop now, None to go on, or "" to wait and look again."""
         if self.should_stop():
             return "stopped"
+        if parent_ended():
+            return f"the run process (pid {parent_pid()}) that started this worker ended"
         if self.search.sampler.exhausted:
             return "every grid point has run"
         if self._timed_out():

@@ -4,6 +4,7 @@ processes: two workers on one budget, and a worker killed with SIGKILL in the mi
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,3 +140,46 @@ def test_killed_worker_trial_retried(tmp_path):
         assert trials[number].state == state
     assert len(_finished_search(trials.values())) == 2
     assert not [t for t in trials.values() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def _alive(pid: int) -> bool:
+    """Return True while the process runs; a zombie (ended, not yet reaped) counts as ended."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def test_killed_run_ends_its_workers(tmp_path):
+    url = _url(tmp_path)
+    space = write_space(tmp_path, study="{n_trials: 4, pruner: none, seed: 0}", max_steps=400)
+    parent = subprocess.Popen([sys.executable, "-m", "moa_search", "run", str(space), "--workers", "2"],
+                              env=_env(tmp_path, url), stderr=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        for line in parent.stderr:
+            match = re.search(r"Started worker \d+ of 2 \(pid (\d+)", line)
+            if match:
+                pids.append(int(match.group(1)))
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2, "the run did not report its two worker pids"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            time.sleep(0.1)
+        assert [pid for pid in pids if _alive(pid)] == []
+    finally:
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(timeout=30)
+        parent.stderr.close()

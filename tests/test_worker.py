@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from moa_search.config import run_config_from_dict
 from moa_search.space import load_space
 from moa_search.storage import open_storage
 from moa_search.study import create_or_resume
-from moa_search.worker import run_trials
+from moa_search.worker import PARENT_PID_ENV, parent_ended, parent_pid, run_trials
 from tiny_search import read_trials, space_text, write_corpus, write_space
 
 
@@ -158,3 +159,23 @@ def test_nsga2_runs_four_trials(tmp_path, monkeypatch):
     assert summary.complete == 4
     assert summary.failed == 0
     assert search.study.user_attrs[records.SETTINGS]["pruner"] == "none"
+
+
+def test_orphaned_worker_stops_before_trial(tmp_path, monkeypatch):
+    search, url = _open(tmp_path, monkeypatch)
+    # This process's own pid is never its parent pid, so the worker sees its parent as gone.
+    monkeypatch.setenv(PARENT_PID_ENV, str(os.getpid()))
+    assert parent_ended()
+    summary = run_trials(search, url)
+    assert summary.stop_reason == f"the run process (pid {os.getpid()}) that started this worker ended"
+    assert summary.trial_numbers == []
+    assert all(trial.state == TrialState.WAITING for trial in read_trials(url, "tiny"))
+
+
+def test_parent_check_without_parent(monkeypatch):
+    monkeypatch.delenv(PARENT_PID_ENV, raising=False)
+    assert parent_pid() is None
+    assert not parent_ended()
+    monkeypatch.setenv(PARENT_PID_ENV, str(os.getppid()))
+    assert parent_pid() == os.getppid()
+    assert not parent_ended()

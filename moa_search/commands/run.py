@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import typer
 
@@ -19,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 # More local workers than this on one SQLite file spend much of their time waiting for its lock.
 SQLITE_WORKER_LIMIT = 4
+# prctl option from <linux/prctl.h>: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
 
 _STORAGE_HELP = f"Optuna storage URL (SQLAlchemy form). Default: ${STORAGE_ENV}, else sqlite:///results/moa_search.db."
 _N_TRIALS_HELP = ("Budget: finished (complete or pruned) search trials in the whole study, across workers and "
@@ -87,10 +91,34 @@ def sqlite_worker_warning(storage_url: str, workers: int) -> Optional[str]:
             "Use a PostgreSQL storage (--storage postgresql://...) for many workers or several machines")
 
 
+def _end_with_parent_hook() -> Optional[Callable[[], None]]:
+    """Return a preexec_fn that makes Linux send SIGTERM to the worker when this process dies, or None
+    elsewhere (there the worker's own parent pid check ends it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        # Resolved here, before the fork, so the child only makes one C call.
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def set_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        # The parent may have died before prctl ran, and then no signal would come.
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return set_death_signal
+
+
 def _start_workers(study_name: str, storage_url: str, workers: int, *, seed: Optional[int],
                    timeout: Optional[float], device: Optional[str]) -> list[subprocess.Popen]:
+    from moa_search.worker import PARENT_PID_ENV
+
     # The URL goes through the environment, so a password never shows in the process list.
-    env = {**os.environ, STORAGE_ENV: storage_url}
+    env = {**os.environ, STORAGE_ENV: storage_url, PARENT_PID_ENV: str(os.getpid())}
+    end_with_parent = _end_with_parent_hook()
     processes = []
     for index, worker_device in enumerate(worker_devices(workers, device, _gpu_count())):
         command = [sys.executable, "-m", "moa_search.worker", *_child_log_flags(), "worker", "--study", study_name]
@@ -101,7 +129,7 @@ def _start_workers(study_name: str, storage_url: str, workers: int, *, seed: Opt
             command += ["--timeout", str(timeout)]
         if worker_device is not None:
             command += ["--device", worker_device]
-        processes.append(subprocess.Popen(command, env=env))
+        processes.append(subprocess.Popen(command, env=env, preexec_fn=end_with_parent))
         logger.info("Started worker %d of %d (pid %d%s)", index + 1, workers, processes[-1].pid,
                     f", {worker_device}" if worker_device else "")
     return processes
