@@ -219,12 +219,93 @@ def test_jsonl_invalid_utf8(tmp_path):
     assert "broken \ufffd byte" in documents
 
 
-def test_invalid_json_names_file(tmp_path):
-    path = tmp_path / "r.jsonl"
-    path.write_text('{"body": "ok"}\n{"body": unquoted}\n')
+def _assert_no_library_log(capfd, caplog) -> None:
+    """The CorpusError is the only report: datasets' own error line must not reach the output."""
+    stderr = capfd.readouterr().err
+    assert "Failed to" not in stderr
+    assert "Failed to" not in caplog.text
 
-    with pytest.raises(CorpusError, match=f"{path.name}: cannot be read as jsonl"):
+
+def test_invalid_json_line_named(tmp_path, capfd, caplog):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"body": "ok"}\n\n{"body": unquoted}\n{"body": "fine"}\n')
+
+    with pytest.raises(CorpusError) as caught:
         load(str(path), tmp_path, text_column="body")
+    message = str(caught.value)
+    assert f"{path}: cannot be read as jsonl" in message
+    assert "line 3, column 10: Expecting value" in message
+    assert "An error occurred while generating the dataset" not in message
+    _assert_no_library_log(capfd, caplog)
+
+
+def test_invalid_json_array_named(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text('[\n  {"body": "ok"},\n  {"body": "missing brace"\n]\n')
+
+    with pytest.raises(CorpusError, match=r"r.json: cannot be read as jsonl \(line 4, column 1: Expecting ','"):
+        load(str(path), tmp_path, text_column="body")
+
+
+def test_unterminated_csv_quote_named(tmp_path, capfd, caplog):
+    path = tmp_path / "r.csv"
+    path.write_text('body,id\n"unterminated,1\nnext,2\n')
+
+    with pytest.raises(CorpusError) as caught:
+        load(str(path), tmp_path, text_column="body")
+    message = str(caught.value)
+    assert f"{path}: cannot be read as csv" in message
+    assert "EOF inside string" in message
+    _assert_no_library_log(capfd, caplog)
+
+
+def test_corrupt_parquet_named(tmp_path, capfd, caplog):
+    path = tmp_path / "r.parquet"
+    path.write_bytes(b"PAR1 not really parquet")
+
+    with pytest.raises(CorpusError) as caught:
+        load(str(path), tmp_path, text_column="body")
+    message = str(caught.value)
+    assert f"{path}: cannot be read as parquet" in message
+    assert "magic bytes not found" in message
+    _assert_no_library_log(capfd, caplog)
+
+
+def test_rows_without_text_column_rejected(tmp_path):
+    path = tmp_path / "r.jsonl"
+    lines = [{"text": "has text"}] + [{"body": f"row {i}"} for i in range(3)]
+    path.write_text("\n".join(json.dumps(row) for row in lines) + "\n")
+
+    with pytest.raises(CorpusError) as caught:
+        load(str(path), tmp_path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "3 of 4 rows have no 'text' value" in message
+    assert "'text', 'body'" in message
+    assert "data.text_column" in message
+
+
+def test_rows_without_text_column_warned(tmp_path, caplog):
+    path = tmp_path / "r.jsonl"
+    lines = [{"text": f"row {i} " + "words " * i} for i in range(30)] + [{"body": "no text"}] * 2
+    path.write_text("\n".join(json.dumps(row) for row in lines) + "\n")
+
+    with caplog.at_level(logging.WARNING, logger="moa_search"):
+        corpus = load(str(path), tmp_path)
+    assert corpus.summary["documents"] == 30
+    assert f"{path}: 2 of 32 rows have no 'text' value" in caplog.text
+
+
+def test_single_document_hint_follows_format(tmp_path):
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"text": "the only row"}) + "\n")
+
+    with pytest.raises(CorpusError) as caught:
+        load(str(path), tmp_path)
+    message = str(caught.value)
+    assert "has 1 document" in message
+    assert "blank line" not in message
+    assert "one document per row" in message
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,11 @@ MIN_WINDOWS_PER_SPLIT = 4
 
 
 class Source(Protocol):
-    """A source of documents: the built-in corpus, local files or a hub dataset."""
+    """A source of documents: the built-in corpus, local files or a hub dataset.
+
+    A source may also have a `document_hint` string that describes how its input is cut into documents;
+    the error about too few documents shows it.
+    """
 
     @property
     def description(self) -> str: ...
@@ -130,8 +134,9 @@ def _prepare(source: Source, config: DataConfig, tokenizer: ByteTokenizer) -> tu
         raise CorpusError(f"{source.description}: the corpus contains no text (every document is empty or blank); "
                           "check the files and data.text_column")
     if len(documents) < 2:
+        hint = getattr(source, "document_hint", "") or "use a corpus with more documents"
         raise CorpusError(f"{source.description}: the corpus has 1 document, but the train/validation split needs "
-                          "at least 2; in plain text, separate documents with a blank line")
+                          f"at least 2; {hint}")
     arrays = [tokenizer.encode_array(document) for document in documents]
     counts = [len(array) + 1 for array in arrays]  # + 1 for the separator
     train_index, val_index = split_documents(documents, counts, config.val_fraction)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,16 +55,86 @@ def _format_of(path: Path, configured: str) -> str:
 
 @contextlib.contextmanager
 def _quiet_datasets():
-    """Hide the progress bars of `datasets` while reading, because load_corpus logs one summary line instead."""
+    """Hide the progress bars and log lines of `datasets` and `pyarrow` while reading.
+
+    load_corpus logs one summary line instead, and a read error reaches the user once, as the
+    CorpusError that names the file and the cause.
+    """
     from datasets.utils import logging as datasets_logging
 
     was_enabled = datasets_logging.is_progress_bar_enabled()
     datasets_logging.disable_progress_bar()
+    loggers = [logging.getLogger(name) for name in ("datasets", "pyarrow")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
         if was_enabled:
             datasets_logging.enable_progress_bar()
+
+
+def _first_json_error(text: str) -> str | None:
+    """Return the line, column and message of the first JSON error, or None when the JSON is valid.
+
+    Text that starts with "[" is parsed as one array; other text as JSON lines, one value per line.
+    """
+    if text.lstrip().startswith("["):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as error:
+            return f"line {error.lineno}, column {error.colno}: {error.msg}"
+        return None
+    # JSON lines end at "\n" only: str.splitlines would also cut at U+2028, which JSON strings may hold.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as error:
+            return f"line {number}, column {error.colno}: {error.msg}"
+    return None
+
+
+def _read_error_cause(readable: Path, fmt: str, error: Exception) -> str:
+    """Return why `datasets` failed to read a file, in one line.
+
+    `datasets` wraps parser errors in DatasetGenerationError("An error occurred while generating
+    the dataset"), so the message comes from the wrapped error. For JSON the json module locates
+    the first invalid line, because pyarrow reports only a row of its current block.
+    """
+    from datasets.exceptions import DatasetGenerationError
+
+    if fmt == "jsonl":
+        located = _first_json_error(readable.read_text(encoding="utf-8"))
+        if located is not None:
+            return located
+    cause = error.__cause__
+    if cause is None and isinstance(error, DatasetGenerationError):
+        cause = error.__context__
+    message = " ".join(str(cause or error).split())
+    return message or type(cause or error).__name__
+
+
+def _check_rows_without_text(dataset, column: str, path: Path) -> None:
+    """Raise CorpusError when more than half of the JSON rows lack a `column` value, else log their count.
+
+    JSON rows may each have other keys, and `datasets` fills a missing key with null, so without
+    this check such rows would be dropped without a word.
+    """
+    if column not in dataset.column_names or dataset.num_rows == 0:
+        return  # documents_from_dataset reports a missing column
+    missing = dataset.data.column(column).null_count
+    if missing == 0:
+        return
+    found = f"{missing} of {dataset.num_rows} rows have no {column!r} value"
+    if 2 * missing > dataset.num_rows:
+        raise CorpusError(f"{path}: {found}; the rows have the columns {', '.join(map(repr, dataset.column_names))}; "
+                          f"set data.text_column to the column that holds the text, or add {column!r} to every row")
+    log.warning("%s: %s; these rows were skipped", path, found)
 
 
 @dataclass(frozen=True)
@@ -81,6 +152,18 @@ class FileSource:
             return f"file {names[0]}"
         listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         return f"{len(names)} files ({listed})"
+
+    @property
+    def document_hint(self) -> str:
+        """How these files are cut into documents, for the error about too few documents."""
+        formats = {fmt for _, fmt in self.files}
+        hints = []
+        if "text" in formats:
+            hints.append("in plain text, separate documents with a blank line")
+        if formats - {"text"}:
+            hints.append(f"JSON lines, CSV and Parquet files hold one document per row "
+                         f"(its {self.config.text_column!r} value), so add rows")
+        return "; ".join(hints)
 
     def fingerprint(self) -> str:
         """Hash of each file's bytes and format; paths are left out so a moved file keeps its cache."""
@@ -115,17 +198,21 @@ class FileSource:
     def _read_rows(self, path: Path, fmt: str) -> list[str]:
         from datasets import load_dataset
 
+        # `readable` is a repaired UTF-8 copy when data.decode_errors is "replace"; errors name `path`.
+        readable = path
         if fmt != "parquet":
             raw = path.read_bytes()
             if not raw.strip():
                 return []
-            path = self._decodable_copy(path, raw)
+            readable = self._decodable_copy(path, raw)
         try:
             with _quiet_datasets():
-                dataset = load_dataset(_DATASETS_BUILDER[fmt], data_files=[str(path)], split="train",
+                dataset = load_dataset(_DATASETS_BUILDER[fmt], data_files=[str(readable)], split="train",
                                        cache_dir=str(self.cache_dir / "hf-datasets"))
         except Exception as error:  # datasets wraps parser errors (pyarrow, pandas) in several types
-            raise CorpusError(f"{path}: cannot be read as {fmt} ({' '.join(str(error).split())})") from None
+            raise CorpusError(f"{path}: cannot be read as {fmt} ({_read_error_cause(readable, fmt, error)})") from None
+        if fmt == "jsonl":
+            _check_rows_without_text(dataset, self.config.text_column, path)
         return documents_from_dataset(dataset, self.config.text_column, str(path))
 
     def _decodable_copy(self, path: Path, raw: bytes) -> Path:
