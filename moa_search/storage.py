@@ -26,6 +26,7 @@ import importlib.util
 import logging
 import os
 import re
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -37,6 +38,7 @@ import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
 from moa_search.errors import StorageError
+from moa_search.paths import RESULTS_ENV, STORAGE_ENV, results_dir
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +165,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
     sqlite_file = _sqlite_path(full_url)
     engine_kwargs: dict = {}
     if sqlite_file is not None:
-        sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+        _make_sqlite_folder(sqlite_file, shown_url)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
     elif make_url(full_url).get_backend_name() != "sqlite":
         # Servers drop idle connections; check each one before use instead of failing a trial.
@@ -192,6 +194,10 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
                            f"({_scrub(str(error.__cause__ or error), url)}); {hint}") from None
     except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError) as error:
         reason = _scrub(str(getattr(error, "orig", None) or error.__cause__ or error).strip().splitlines()[0], url)
+        if sqlite_file is not None:
+            raise StorageError(f"cannot open the SQLite storage {shown_url}: {reason}. Check that {sqlite_file} "
+                               f"is a database file (or absent) and that its folder {sqlite_file.parent} exists "
+                               "and is writable") from None
         raise StorageError(f"cannot connect to storage {shown_url}: {reason}. Check that the database server is "
                            "running and reachable and that the user, password and database name are right") from None
     except RuntimeError as error:
@@ -201,6 +207,41 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
     if sqlite_file is not None:
         _prepare_sqlite(storage.engine)
     return storage
+
+
+def _make_sqlite_folder(sqlite_file: Path, shown_url: str) -> None:
+    folder = sqlite_file.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StorageError(f"cannot create the folder {folder} for the SQLite storage {shown_url}: "
+                           f"{error.strerror or error}{_path_hint(folder)}. Pass --storage (or set {STORAGE_ENV}) "
+                           "with a path in a writable folder") from None
+
+
+def _path_hint(folder: Path) -> str:
+    """Name the part of `folder` that is a file, because mkdir then fails with a vague error."""
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            return "" if parent.is_dir() else f" ({parent} is a file, not a folder)"
+    return ""
+
+
+def check_results_folder() -> Path:
+    """Create the results folder if needed and check that files can be written in it.
+
+    Runs before a study is created or a trial trains, so a bad MOA_SEARCH_RESULTS fails at once and
+    not after the first trial has trained. Raises StorageError naming the folder.
+    """
+    folder = results_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise StorageError(f"cannot write to the results folder {folder}: {error.strerror or error}"
+                           f"{_path_hint(folder)}. Set {RESULTS_ENV} to a writable folder") from None
+    return folder
 
 
 def is_sqlite(url: str) -> bool:

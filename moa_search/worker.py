@@ -30,7 +30,7 @@ import optuna
 from optuna.trial import TrialState
 
 from moa_search import records
-from moa_search.storage import open_storage, with_retries
+from moa_search.storage import check_results_folder, open_storage, with_retries
 from moa_search.study import SearchStudy, claim_decision, count_budget, load_search_study
 from moa_search.trial_run import CorpusCache, TrialOutcome, run_trial
 
@@ -274,12 +274,14 @@ class _Worker:
 def run_trials(search: SearchStudy, storage_url: str, *, timeout_seconds: float | None = None,
                device: str | None = None, should_stop: Callable[[], bool] | None = None) -> WorkerSummary:
     """Run trials of an opened study until its budget, the time budget or `should_stop` ends the loop."""
+    check_results_folder()
     worker = _Worker(search, storage_url, timeout_seconds=timeout_seconds, device=device, should_stop=should_stop)
     return worker.run()
 
 
 def run_worker(options: WorkerOptions) -> WorkerSummary:
     """Open the storage, join the existing study `options.study_name` and run its trial loop."""
+    check_results_folder()
     storage = open_storage(options.storage_url)
     search = load_search_study(storage, options.study_name, n_trials=options.n_trials, sampler=options.sampler,
                                pruner=options.pruner, seed=options.seed)

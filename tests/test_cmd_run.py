@@ -183,3 +183,16 @@ def test_killed_run_ends_its_workers(tmp_path):
             parent.kill()
             parent.wait(timeout=30)
         parent.stderr.close()
+
+
+def test_run_unwritable_results_rejected(tmp_path, monkeypatch):
+    blocker = tmp_path / "somefile.txt"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(RESULTS_ENV, str(blocker / "results"))
+    space = write_space(tmp_path, study="{n_trials: 1, pruner: none}")
+    result = CliRunner().invoke(app, ["-q", "run", str(space), "--storage", _url(tmp_path)])
+    assert result.exit_code == 1
+    assert str(blocker / "results") in result.output
+    assert RESULTS_ENV in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "studies.db").exists()

@@ -7,13 +7,23 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy.exc
 
 from moa_search.errors import StorageError
-from moa_search.storage import GRACE_ENV, HEARTBEAT_ENV, heartbeat_settings, open_storage, redact_url, with_retries
+from moa_search.paths import RESULTS_ENV
+from moa_search.storage import (
+    GRACE_ENV,
+    HEARTBEAT_ENV,
+    check_results_folder,
+    heartbeat_settings,
+    open_storage,
+    redact_url,
+    with_retries,
+)
 
 
 @pytest.mark.parametrize(("url", "expected"), [
@@ -132,3 +142,51 @@ def test_with_retries_gives_up_without_password():
     assert "lost the connection to storage postgresql://bob:***@db/studies" in message
     assert "read the trials" in message
     assert "s3cret" not in message
+
+
+def test_sqlite_folder_under_file_rejected(tmp_path):
+    blocker = tmp_path / "somefile.txt"
+    blocker.write_text("not a folder")
+    with pytest.raises(StorageError) as error:
+        open_storage(f"sqlite:///{(blocker / 'x.db').as_posix()}")
+    message = str(error.value)
+    assert "\n" not in message
+    assert str(blocker) in message
+    assert "--storage" in message
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs the Linux /proc file system")
+def test_sqlite_folder_in_proc_rejected():
+    with pytest.raises(StorageError, match="cannot create the folder /proc/nope"):
+        open_storage("sqlite:////proc/nope/x.db")
+
+
+def test_sqlite_open_failure_hint(tmp_path):
+    # A folder where the database file should be: SQLite cannot open it.
+    (tmp_path / "x.db").mkdir()
+    with pytest.raises(StorageError) as error:
+        open_storage(f"sqlite:///{(tmp_path / 'x.db').as_posix()}")
+    message = str(error.value)
+    assert "x.db" in message
+    assert "writable" in message
+    assert "password" not in message
+    assert "server" not in message
+
+
+def test_results_folder_under_file_rejected(tmp_path, monkeypatch):
+    blocker = tmp_path / "somefile.txt"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(RESULTS_ENV, str(blocker / "results"))
+    with pytest.raises(StorageError) as error:
+        check_results_folder()
+    message = str(error.value)
+    assert str(blocker / "results") in message
+    assert RESULTS_ENV in message
+    assert "\n" not in message
+
+
+def test_results_folder_created(tmp_path, monkeypatch):
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path / "new" / "results"))
+    assert check_results_folder() == tmp_path / "new" / "results"
+    assert (tmp_path / "new" / "results").is_dir()
+    assert list((tmp_path / "new" / "results").iterdir()) == []

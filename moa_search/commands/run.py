@@ -182,7 +182,7 @@ def run_command(
 ) -> None:
     """Create a study for a search space, or resume it, and run trials until its budget is reached."""
     from moa_search.space import load_space
-    from moa_search.storage import open_storage
+    from moa_search.storage import check_results_folder, open_storage
     from moa_search.study import create_or_resume
     from moa_search.worker import run_trials
 
@@ -192,6 +192,7 @@ def run_command(
     study_name = settings.name or space.study_name
     storage_url = _storage_url(storage)
     check_device(device, _gpu_count())
+    check_results_folder()
     warning = sqlite_worker_warning(storage_url, workers)
     if warning:
         logger.warning("%s", warning)
