@@ -7,6 +7,7 @@ and derivative at 0, at ±1e4 and in bfloat16 (tests/test_activations.py checks 
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -131,9 +132,29 @@ def get_activation(name: str) -> Activation:
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}"
-        ) from None
+        raise ConfigError(_unknown_name_message(name)) from None
+
+
+# Other names of dictionary entries, for the "did you mean" hint only: banks use dictionary names.
+# Swish with β = 1 is SiLU; "gelu_new" and "gelu_pytorch_tanh" are Hugging Face names of the tanh GELU.
+_OTHER_NAMES = {"swish": "silu", "squared_relu": "relu2", "relu_squared": "relu2", "linear": "identity",
+                "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "logistic": "sigmoid"}
+
+
+def _unknown_name_message(name: str) -> str:
+    """Return the error text for an unknown activation: a close valid name, if any, then all valid names."""
+    valid = f"valid names: {', '.join(ACTIVATIONS)}"
+    folded = str(name).lower().replace("-", "_")
+    if folded in ACTIVATIONS:
+        suggestion = folded
+    elif folded in _OTHER_NAMES:
+        suggestion = _OTHER_NAMES[folded]
+    else:
+        close = difflib.get_close_matches(folded, ACTIVATIONS, n=1)
+        suggestion = close[0] if close else None
+    if suggestion is None:
+        return f"unknown activation {name!r}; {valid}"
+    return f"unknown activation {name!r}; did you mean {suggestion!r}? {valid}"
 
 
 def check_bank(bank: Iterable[str], key: str = "ffn.bank") -> None:
@@ -143,7 +164,7 @@ def check_bank(bank: Iterable[str], key: str = "ffn.bank") -> None:
         raise ConfigError(f"{key}: the bank is empty; name at least one of: {', '.join(ACTIVATIONS)}")
     for name in names:
         if name not in ACTIVATIONS:
-            raise ConfigError(f"{key}: unknown activation {name!r}; valid names: {', '.join(ACTIVATIONS)}")
+            raise ConfigError(f"{key}: {_unknown_name_message(name)}")
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ConfigError(f"{key}: each activation may appear once, but {', '.join(duplicates)} "

@@ -84,6 +84,31 @@ def test_unknown_activation_lists_names():
         assert name in message
 
 
+@pytest.mark.parametrize(("typed", "suggested"), [("RELU", "relu"), ("Gelu_Tanh", "gelu_tanh"), ("gleu", "gelu"),
+                                                   ("leaky-relu", "leaky_relu"), ("Swish", "silu"),
+                                                   ("squared_relu", "relu2")])
+def test_unknown_activation_suggests_name(typed, suggested):
+    with pytest.raises(ConfigError) as caught:
+        get_activation(typed)
+    message = str(caught.value)
+    assert f"unknown activation {typed!r}; did you mean {suggested!r}?" in message
+    assert "valid names: identity, relu, relu2" in message
+
+
+def test_check_bank_suggests_name():
+    with pytest.raises(ConfigError) as caught:
+        check_bank(["gelu", "SiLU"], key="layer.bank")
+    message = str(caught.value)
+    assert "layer.bank: unknown activation 'SiLU'; did you mean 'silu'?" in message
+    assert "valid names: identity, relu" in message
+
+
+def test_unknown_activation_without_close_name():
+    with pytest.raises(ConfigError) as caught:
+        get_activation("xyzzy")
+    assert "did you mean" not in str(caught.value)
+
+
 def test_check_bank_rejects_empty():
     with pytest.raises(ConfigError, match="ffn.bank: the bank is empty"):
         check_bank([])
