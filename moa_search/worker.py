@@ -30,6 +30,7 @@ import optuna
 from optuna.trial import TrialState
 
 from moa_search import records
+from moa_search.errors import StudyError
 from moa_search.storage import check_results_folder, open_storage, with_retries
 from moa_search.study import SearchStudy, claim_decision, count_budget, load_search_study
 from moa_search.trial_run import CorpusCache, TrialOutcome, run_trial
@@ -73,6 +74,7 @@ class WorkerSummary:
     baselines: int = 0
     stop_reason: str = ""
     trial_numbers: list[int] = field(default_factory=list)
+    too_many_failures: bool = False  # stopped after MAX_FAILURES_IN_ROW failed trials in a row
 
 
 def worker_id() -> str:
@@ -214,6 +216,7 @@ class _Worker:
                 continue
             if reason is not None:
                 self.summary.stop_reason = reason
+                self.summary.too_many_failures = self.failures_in_row >= MAX_FAILURES_IN_ROW
                 break
             with warnings.catch_warnings():
                 # Optuna warns that heartbeats are meant for Study.optimize; this loop sends its own.
@@ -277,6 +280,13 @@ def run_trials(search: SearchStudy, storage_url: str, *, timeout_seconds: float 
     check_results_folder()
     worker = _Worker(search, storage_url, timeout_seconds=timeout_seconds, device=device, should_stop=should_stop)
     return worker.run()
+
+
+def raise_for_failures(summary: WorkerSummary) -> None:
+    """Raise StudyError when the worker stopped because its trials kept failing, so the command exits 1."""
+    if summary.too_many_failures:
+        raise StudyError(f"the worker stopped because {summary.stop_reason}. The same error most likely hits "
+                         "every trial: fix it, then run the same command again to resume")
 
 
 def run_worker(options: WorkerOptions) -> WorkerSummary:

@@ -196,3 +196,34 @@ def test_run_unwritable_results_rejected(tmp_path, monkeypatch):
     assert RESULTS_ENV in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "studies.db").exists()
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "cudafoo"])
+def test_run_invalid_device_rejected(tmp_path, monkeypatch, device):
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path / "results"))
+    space = write_space(tmp_path, study="{n_trials: 1, pruner: none}")
+    result = CliRunner().invoke(app, ["-q", "run", str(space), "--storage", _url(tmp_path), "--device", device])
+    assert result.exit_code == 1
+    assert f"--device {device!r}" in result.output
+    assert "auto, cpu, cuda, cuda:N or mps" in result.output
+    assert not (tmp_path / "studies.db").exists()
+
+
+def test_worker_invalid_device_rejected(tmp_path, monkeypatch):
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path / "results"))
+    result = CliRunner().invoke(app, ["worker", "--study", "tiny", "--storage", _url(tmp_path), "--device", "tpu"])
+    assert result.exit_code == 1
+    assert "--device 'tpu'" in result.output
+    assert not (tmp_path / "studies.db").exists()
+
+
+def test_run_repeated_failures_exit_1(tmp_path, monkeypatch):
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path / "results"))
+    monkeypatch.setattr("moa_search.worker.MAX_FAILURES_IN_ROW", 2)
+    # A learning rate of 1e30 overflows the weights at the first step, so every trial fails.
+    space = write_space(tmp_path, study="{n_trials: 5, pruner: none, seed: 0}", lr="1.0e30")
+    result = CliRunner().invoke(app, ["-q", "run", str(space), "--storage", _url(tmp_path)])
+    assert result.exit_code == 1
+    assert "2 trials failed in a row" in result.output
+    trials = read_trials(_url(tmp_path), "tiny")
+    assert len([t for t in trials if not records.is_baseline(t) and t.state == TrialState.FAIL]) == 2

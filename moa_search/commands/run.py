@@ -67,12 +67,19 @@ def worker_devices(workers: int, device: Optional[str], gpu_count: int) -> list[
 
 
 def check_device(device: Optional[str], gpu_count: int) -> None:
-    """Raise ConfigError when --device names a CUDA device this machine does not have."""
-    if device is None or not device.startswith("cuda"):
+    """Raise ConfigError when --device is not a device name, or names a device this machine does not have."""
+    if device is None or device in ("auto", "cpu"):
         return
     index_text = device.partition(":")[2]
+    if device == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ConfigError("--device 'mps' requested but Apple's MPS backend is not available on this machine; "
+                              "use --device cpu (or auto)")
+        return
     if device != "cuda" and not (device.startswith("cuda:") and index_text.isdigit()):
-        raise ConfigError(f"--device {device!r} is not a device name; use auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"--device {device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps")
     if gpu_count == 0:
         raise ConfigError(f"--device {device!r} requested but CUDA is not available on this machine; "
                           "use --device cpu (or auto), or run this worker on a machine with a GPU")
@@ -184,7 +191,7 @@ def run_command(
     from moa_search.space import load_space
     from moa_search.storage import check_results_folder, open_storage
     from moa_search.study import create_or_resume
-    from moa_search.worker import run_trials
+    from moa_search.worker import raise_for_failures, run_trials
 
     space = load_space(space_path)
     settings = space.settings.with_overrides(name=study, n_trials=n_trials, timeout_seconds=timeout,
@@ -205,13 +212,15 @@ def run_command(
     display = _display(storage_url, search.name, search.n_trials)
     with display, _interruptible():
         if workers == 1:
-            run_trials(search, storage_url, timeout_seconds=settings.timeout_seconds, device=device)
+            summary = run_trials(search, storage_url, timeout_seconds=settings.timeout_seconds, device=device)
             exit_codes = [0]
         else:
             processes = _start_workers(search.name, storage_url, workers, seed=settings.seed,
                                        timeout=settings.timeout_seconds, device=device)
             exit_codes = _wait_for_workers(processes)
     _log_study_summary(search.name, storage_url, search.n_trials)
+    if workers == 1:
+        raise_for_failures(summary)
     failed = [index + 1 for index, code in enumerate(exit_codes) if code != 0]
     if failed:
         raise StudyError(f"worker(s) {', '.join(map(str, failed))} of {workers} exited with an error "
@@ -251,7 +260,7 @@ def worker_command(
     device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
 ) -> None:
     """Join an existing study from this process (or another machine) and run its trials."""
-    from moa_search.worker import WorkerOptions, run_worker
+    from moa_search.worker import WorkerOptions, raise_for_failures, run_worker
 
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"--timeout must be > 0 seconds, got {timeout}")
@@ -259,7 +268,8 @@ def worker_command(
     options = WorkerOptions(study_name=study, storage_url=_storage_url(storage), n_trials=n_trials,
                             timeout_seconds=timeout, sampler=sampler, pruner=pruner, seed=seed, device=device)
     with _interruptible():
-        run_worker(options)
+        summary = run_worker(options)
+    raise_for_failures(summary)
 
 
 def register(app: typer.Typer) -> None:
