@@ -153,6 +153,53 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[N
         thread.join()
 
 
+def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[tuple[int, int]]:
+    """Fail the running trials whose heartbeat stopped and queue a retry of each with the same parameters.
+
+    Returns (stale trial number, retry trial number) pairs. This replaces Optuna's
+    `fail_stale_trials`, because a finished trial takes no more attributes, so the fail reason has
+    to be written while the trial still runs. The state change to FAIL succeeds in one process
+    only, so when several workers check at once, each stale trial is retried once.
+    """
+    if not isinstance(storage, optuna.storages.RDBStorage) or not storage.get_heartbeat_interval():
+        return []
+    interval = storage.get_heartbeat_interval()
+    grace = storage.grace_period or 2 * interval  # Optuna's default when no grace period is set
+    # A finished trial takes no attributes, and the retry number is known only after the state change,
+    # so the reason cannot name the retry. The log line and the retry's RETRIED_FROM link the two.
+    reason = f"stale: no heartbeat for over {grace} s (worker died or was killed); retried with the same parameters"
+    retried = []
+    # NOTE: _get_stale_trial_ids is private in Optuna 5.1; fail_stale_trials uses it the same way.
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try:
+            storage.set_trial_user_attr(trial_id, records.FAIL_REASON, reason)
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first
+        stale = storage.get_trial(trial_id)
+        retry_number = _queue_retry(study, storage, stale)
+        retried.append((stale.number, retry_number))
+        logger.warning("Trial %d failed as stale (no heartbeat for over %d s; its worker died or was killed); "
+                       "retried as trial %d with the same parameters", stale.number, grace, retry_number)
+    return retried
+
+
+def _queue_retry(study: optuna.Study, storage: optuna.storages.BaseStorage, stale: optuna.trial.FrozenTrial) -> int:
+    """Queue a copy of the stale trial, marked as its retry the way Optuna's retry callback marks it."""
+    history = [*stale.system_attrs.get("retry_history", []), stale.number]
+    first = stale.system_attrs.get(records.RETRIED_FROM, stale.number)
+    system_attrs = {**stale.system_attrs, records.RETRIED_FROM: first, "retry_history": history}
+    # The retry starts clean: no fail reason or progress of the stale run.
+    user_attrs = {key: value for key, value in stale.user_attrs.items()
+                  if key not in (records.FAIL_REASON, records.PROGRESS)}
+    template = optuna.trial.create_trial(state=TrialState.WAITING, params=stale.params,
+                                         distributions=stale.distributions, user_attrs=user_attrs,
+                                         system_attrs=system_attrs)
+    retry_id = storage.create_new_trial(study._study_id, template_trial=template)
+    return storage.get_trial(retry_id).number
+
+
 class _Worker:
     """The loop over trials of one process, for one study."""
 
@@ -176,9 +223,7 @@ class _Worker:
         return self.timeout_seconds is not None and time.monotonic() - self.started >= self.timeout_seconds
 
     def _fail_stale_trials(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._storage_call(lambda: optuna.storages.fail_stale_trials(self.study), "check for stale trials")
+        self._storage_call(lambda: fail_stale_trials(self.study, self.search.storage), "check for stale trials")
 
     def _trials(self) -> list[optuna.trial.FrozenTrial]:
         return self._storage_call(lambda: self.study.get_trials(deepcopy=False), "read the trials")

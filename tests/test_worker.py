@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,9 @@ from optuna.trial import TrialState
 from moa_search import records
 from moa_search.config import run_config_from_dict
 from moa_search.space import load_space
-from moa_search.storage import open_storage
+from moa_search.storage import GRACE_ENV, HEARTBEAT_ENV, open_storage
 from moa_search.study import create_or_resume
-from moa_search.worker import PARENT_PID_ENV, parent_ended, parent_pid, run_trials
+from moa_search.worker import PARENT_PID_ENV, fail_stale_trials, parent_ended, parent_pid, run_trials
 from tiny_search import read_trials, space_text, write_corpus, write_space
 
 
@@ -179,3 +181,36 @@ def test_parent_check_without_parent(monkeypatch):
     monkeypatch.setenv(PARENT_PID_ENV, str(os.getppid()))
     assert parent_pid() == os.getppid()
     assert not parent_ended()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_stale_trial_gets_reason_and_retry(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(HEARTBEAT_ENV, "1")
+    monkeypatch.setenv(GRACE_ENV, "2")
+    search, _ = _open(tmp_path, monkeypatch)
+    study = search.study
+    for _ in range(2):  # the baselines
+        study.tell(study.ask(), 1.0)
+    trial = study.ask()
+    search.space.sample(trial)
+    trial.set_user_attr(records.PROGRESS, {"step": 2})
+    search.storage.record_heartbeat(trial._trial_id)
+    time.sleep(3.5)  # past the grace period; SQLite's clock counts whole seconds
+
+    with caplog.at_level(logging.WARNING, logger="moa_search"):
+        retried = fail_stale_trials(study, search.storage)
+    assert len(retried) == 1
+    stale_number, retry_number = retried[0]
+    assert stale_number == trial.number
+    trials = {t.number: t for t in study.get_trials()}
+    stale, retry = trials[stale_number], trials[retry_number]
+    assert stale.state == TrialState.FAIL
+    assert stale.user_attrs[records.FAIL_REASON].startswith("stale: no heartbeat for over 2 s (worker died or was killed)")
+    assert retry.state == TrialState.WAITING
+    assert retry.params == stale.params
+    assert retry.system_attrs[records.RETRIED_FROM] == stale_number
+    assert records.FAIL_REASON not in retry.user_attrs
+    assert records.PROGRESS not in retry.user_attrs
+    assert f"Trial {stale_number} failed as stale" in caplog.text
+    assert f"retried as trial {retry_number}" in caplog.text
+    assert fail_stale_trials(study, search.storage) == []
