@@ -334,6 +334,10 @@ def create_or_resume(storage: optuna.storages.BaseStorage, space: SearchSpace, s
     edited space. A fork copies no trials, because their parameters may lie outside the new space.
     """
     pruner_name = check_pruner(settings)
+    # Build both once before touching the storage, so an invalid choice (such as grid over a
+    # continuous range) raises before a half-created study exists.
+    build_sampler(settings.sampler, settings.seed, space)
+    build_pruner(pruner_name, space.base)
     directions = settings.directions
     try:
         study = optuna.create_study(storage=storage, study_name=study_name, directions=directions,

@@ -255,3 +255,11 @@ def test_nsga2_with_pruner_rejected(pruner):
 def test_nsga2_defaults_to_no_pruner():
     assert check_pruner(StudySettings(sampler="nsga2")) == "none"
     assert check_pruner(StudySettings(sampler="nsga2", pruner="none")) == "none"
+
+
+def test_grid_on_continuous_space_creates_nothing(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="moa_search"), pytest.raises(ConfigError):
+        _create(tmp_path, study="{sampler: grid, n_trials: 2}")
+    storage = open_storage(f"sqlite:///{(tmp_path / 'studies.db').as_posix()}")
+    assert optuna.get_all_study_summaries(storage, include_best_trial=False) == []
+    assert "Created study" not in caplog.text
