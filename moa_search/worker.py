@@ -77,6 +77,16 @@ class WorkerSummary:
     too_many_failures: bool = False  # stopped after MAX_FAILURES_IN_ROW failed trials in a row
 
 
+def stop_message(summary: WorkerSummary) -> str:
+    """Return why a worker stopped and what it trained, keeping the study's totals apart from this worker's."""
+    reason = summary.stop_reason[:1].upper() + summary.stop_reason[1:]
+    ran = summary.complete + summary.pruned + summary.failed + summary.baselines
+    if ran == 0:
+        return f"{reason}; this worker trained none"
+    return (f"{reason}; this worker trained {ran}: {summary.complete} complete, {summary.pruned} pruned, "
+            f"{summary.failed} failed, {summary.baselines} baselines")
+
+
 def worker_id() -> str:
     """Return "host:pid", the name a worker writes into the trials it runs."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -245,7 +255,8 @@ class _Worker:
         if count.waiting_baselines:
             return None
         if count.finished >= self.search.n_trials:
-            return f"the study has its {self.search.n_trials} finished search trials"
+            budget = "" if count.finished == self.search.n_trials else f" (budget {self.search.n_trials})"
+            return f"budget met: the study has {count.finished} finished search trials{budget}"
         if count.waiting:
             # A queued retry of a stale trial goes next, because ask() takes queued trials first.
             return None
@@ -270,9 +281,7 @@ class _Worker:
             with heartbeat(self.search.storage, trial._trial_id):
                 outcome = self._claim_and_run(trial)
             self._count(trial.number, outcome)
-        logger.info("Worker %s stopped: %s (complete %d, pruned %d, failed %d, baselines %d)", worker_id(),
-                    self.summary.stop_reason, self.summary.complete, self.summary.pruned, self.summary.failed,
-                    self.summary.baselines)
+        logger.info("Worker %s stopped. %s", worker_id(), stop_message(self.summary))
         return self.summary
 
     def _claim_and_run(self, trial: optuna.Trial) -> TrialOutcome | None:

@@ -16,7 +16,15 @@ from moa_search.config import run_config_from_dict
 from moa_search.space import load_space
 from moa_search.storage import GRACE_ENV, HEARTBEAT_ENV, open_storage
 from moa_search.study import create_or_resume
-from moa_search.worker import PARENT_PID_ENV, fail_stale_trials, parent_ended, parent_pid, run_trials
+from moa_search.worker import (
+    PARENT_PID_ENV,
+    WorkerSummary,
+    fail_stale_trials,
+    parent_ended,
+    parent_pid,
+    run_trials,
+    stop_message,
+)
 from tiny_search import read_trials, space_text, write_corpus, write_space
 
 
@@ -214,3 +222,12 @@ def test_stale_trial_gets_reason_and_retry(tmp_path, monkeypatch, caplog):
     assert f"Trial {stale_number} failed as stale" in caplog.text
     assert f"retried as trial {retry_number}" in caplog.text
     assert fail_stale_trials(study, search.storage) == []
+
+
+def test_stop_message_separates_counts():
+    idle = WorkerSummary(stop_reason="budget met: the study has 8 finished search trials")
+    assert stop_message(idle) == "Budget met: the study has 8 finished search trials; this worker trained none"
+    busy = WorkerSummary(complete=2, pruned=1, failed=1, baselines=2,
+                         stop_reason="budget met: the study has 8 finished search trials")
+    assert stop_message(busy) == ("Budget met: the study has 8 finished search trials; this worker trained 6: "
+                                  "2 complete, 1 pruned, 1 failed, 2 baselines")
