@@ -90,8 +90,12 @@ def test_two_workers_finish_budget_exactly(tmp_path):
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
 
+# Steps of the trial the test kills. At 40 steps the tiny trial could finish between two polls.
+LONG_STEPS = 200
+
+
 def _wait_for_long_trial(url: str, process: subprocess.Popen, timeout: float = 300):
-    """Return the 40-step search trial once it is running and has reported an evaluation."""
+    """Return the long search trial once it is running and has reported an evaluation."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, "the run ended before the test could kill it"
@@ -100,21 +104,21 @@ def _wait_for_long_trial(url: str, process: subprocess.Popen, timeout: float = 3
         except KeyError:  # the study does not exist yet
             trials = []
         for trial in trials:
-            if (trial.state == TrialState.RUNNING and trial.params.get("train.max_steps") == 40
+            if (trial.state == TrialState.RUNNING and trial.params.get("train.max_steps") == LONG_STEPS
                     and trial.user_attrs.get(records.PROGRESS)):
                 return trial
         time.sleep(0.2)
-    raise AssertionError("the 40-step trial did not start within the timeout")
+    raise AssertionError(f"the {LONG_STEPS}-step trial did not start within the timeout")
 
 
 @pytest.mark.slow
 def test_killed_worker_trial_retried(tmp_path):
     url = _url(tmp_path)
-    # The grid holds a 4-step and a 40-step trial; the baselines take the first choice, 4 steps.
-    # The run is killed in the middle of the 40-step trial.
+    # The grid holds a 4-step and a long trial; the baselines take the first choice, 4 steps.
+    # The run is killed in the middle of the long trial.
     space = write_space(tmp_path, study="{n_trials: 2, pruner: none, sampler: grid, seed: 0}",
-                        max_steps="{choices: [4, 40]}", eval_interval=10, ffn="{kind: fixed, bank: [gelu]}",
-                        lr="3.0e-3")
+                        max_steps=f"{{choices: [4, {LONG_STEPS}]}}", eval_interval=10,
+                        ffn="{kind: fixed, bank: [gelu]}", lr="3.0e-3")
     command = [sys.executable, "-m", "moa_search", "-q", "run", str(space)]
     env = _env(tmp_path, url)
     first = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
@@ -131,11 +135,12 @@ def test_killed_worker_trial_retried(tmp_path):
 
     trials = {t.number: t for t in read_trials(url, "tiny")}
     assert trials[killed.number].state == TrialState.FAIL
+    assert trials[killed.number].user_attrs[records.FAIL_REASON].startswith("stale: no heartbeat for over 3 s")
     retries = [t for t in trials.values() if t.system_attrs.get(records.RETRIED_FROM) == killed.number]
     assert len(retries) == 1
     assert retries[0].params == killed.params
     assert retries[0].state == TrialState.COMPLETE
-    assert retries[0].user_attrs[records.METRICS]["steps"] == 40
+    assert retries[0].user_attrs[records.METRICS]["steps"] == LONG_STEPS
     for number, state in before.items():
         assert trials[number].state == state
     assert len(_finished_search(trials.values())) == 2
