@@ -1,8 +1,8 @@
 """The trial loop of one worker process: claim a trial, train it, store its record, repeat.
 
 Any number of workers, on one machine or many, can run this loop against one study. Before each
-trial a worker fails the trials whose heartbeat stopped (Optuna then re-queues them with the same
-parameters), stops when the study has its budget of finished search trials, and waits while
+trial a worker fails the trials whose heartbeat stopped and queues a retry of each with the same
+parameters. It stops when the study has its budget of finished search trials, and waits while
 other workers' running trials could still fill the budget. The queued trials (baselines and
 retries of stale trials) run first. See `study.claim_decision` for how two workers that ask at the
 same moment never both take the last place in the budget.
@@ -187,6 +187,7 @@ def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage)
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker failed it first
+        # NOTE: a process killed between the state change and the next line leaves the trial unretried.
         stale = storage.get_trial(trial_id)
         retry_number = _queue_retry(study, storage, stale)
         retried.append((stale.number, retry_number))

@@ -114,7 +114,7 @@ def _wait_for_long_trial(url: str, process: subprocess.Popen, timeout: float = 3
 @pytest.mark.slow
 def test_killed_worker_trial_retried(tmp_path):
     url = _url(tmp_path)
-    # The grid holds a 4-step and a long trial; the baselines take the first choice, 4 steps.
+    # The grid contains a 4-step and a long trial; the baselines take the first choice, 4 steps.
     # The run is killed in the middle of the long trial.
     space = write_space(tmp_path, study="{n_trials: 2, pruner: none, sampler: grid, seed: 0}",
                         max_steps=f"{{choices: [4, {LONG_STEPS}]}}", eval_interval=10,

@@ -173,7 +173,7 @@ def test_nsga2_runs_four_trials(tmp_path, monkeypatch):
 
 def test_orphaned_worker_stops_before_trial(tmp_path, monkeypatch):
     search, url = _open(tmp_path, monkeypatch)
-    # This process's own pid is never its parent pid, so the worker sees its parent as gone.
+    # This process's own pid is never its parent pid, so parent_ended() returns True.
     monkeypatch.setenv(PARENT_PID_ENV, str(os.getpid()))
     assert parent_ended()
     summary = run_trials(search, url)

@@ -31,7 +31,7 @@ _TIMEOUT_HELP = "Start no new trial after this many seconds of this invocation (
 _SAMPLER_HELP = "Sampler: tpe (multivariate, default), random, grid, cmaes or nsga2."
 _PRUNER_HELP = "Pruner: hyperband (default for one objective), median or none (default for several objectives)."
 _SEED_HELP = "Seed of the sampler, for repeatable searches in one process."
-_DEVICE_HELP = "Device for every trial of this process: auto, cpu, cuda or cuda:N (overrides train.device)."
+_DEVICE_HELP = "Device for every trial of this process: auto, cpu, cuda, cuda:N or mps (overrides train.device)."
 
 
 def _storage_url(storage: Optional[str]) -> str:
