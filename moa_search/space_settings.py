@@ -32,8 +32,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 class StudySettings:
     """Study settings from a space file's `study:` section; None means "not set" (CLI or default decides).
 
-    pruner None resolves to hyperband for one objective and none for several (`resolved_pruner`),
-    because Optuna cannot prune multi-objective studies.
+    pruner None resolves to hyperband for one objective and to none for several objectives or for
+    NSGA-II (`resolved_pruner`), because Optuna prunes single-objective studies only and NSGA-II
+    breeds from complete trials only.
     """
 
     name: str | None = None
@@ -53,7 +54,9 @@ class StudySettings:
     def resolved_pruner(self) -> str:
         if self.pruner is not None:
             return self.pruner
-        return "hyperband" if len(self.objectives) == 1 else "none"
+        if len(self.objectives) > 1 or self.sampler == "nsga2":
+            return "none"
+        return "hyperband"
 
     def with_overrides(self, **values: Any) -> StudySettings:
         """Return a copy with the given settings replaced (None values are ignored), validated."""

@@ -176,11 +176,7 @@ def resolve_pruner(settings: StudySettings) -> str:
     Pruning works with one objective only, and not with NSGA-II, whose generations are built from
     complete trials only, so pruned trials would never become parents.
     """
-    if settings.pruner is not None:
-        return settings.pruner
-    if len(settings.objectives) > 1 or settings.sampler == "nsga2":
-        return "none"
-    return "hyperband"
+    return settings.resolved_pruner
 
 
 def check_pruner(settings: StudySettings) -> str:

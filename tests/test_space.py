@@ -454,3 +454,8 @@ def test_paper_space_is_the_reported_setup():
     assert base.ffn.glu_mixing == "bi"
     assert parsed.grid()["ffn.type"] == ["mlp", "glu"]
     assert parsed.size() == parsed.settings.n_trials
+
+
+def test_nsga2_resolves_to_no_pruner():
+    settings = study_settings_from_dict({"sampler": "nsga2"})
+    assert settings.resolved_pruner == "none"
