@@ -2,8 +2,8 @@
 
 A `RunConfig` is everything one trial trains: the model (`ModelConfig`), its feedforward layers
 (`FFNConfig`, optionally overridden per layer), the corpus (`DataConfig`) and the optimisation
-(`TrainConfig`). Each config is a frozen dataclass; `run_config_from_dict` validates user input and
-raises `ConfigError` naming the key, the value and the rule; `run_config_to_dict` gives the plain
+(`TrainConfig`). Each config is a frozen dataclass. `run_config_from_dict` validates user input and
+raises `ConfigError` naming the key, the value and the rule. `run_config_to_dict` gives the plain
 form that is stored with every trial and reloads to an equal config.
 """
 
@@ -69,7 +69,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which text to train on and how to tokenise and split it.
+    """The training text and how it is tokenised and split.
 
     corpus: "builtin" (offline text shipped with Python), "hub:NAME" (a Hugging Face dataset), or
         one or more local file paths or globs (.txt, .jsonl/.json, .csv, .parquet).
@@ -238,6 +238,7 @@ def validate_run_config(config: RunConfig) -> None:
         _check(0 <= index < model.n_layers,
                f"ffn_per_layer.{index}: layer index must be in 0..{model.n_layers - 1} (model.n_layers = {model.n_layers})")
         validate_ffn(layer_ffn, key=f"ffn_per_layer.{index}")
+
     for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
         _check(getattr(model, name) >= 1, f"model.{name}: must be >= 1, got {getattr(model, name)}")
     _check(model.d_model % model.n_heads == 0,
@@ -251,11 +252,13 @@ def validate_run_config(config: RunConfig) -> None:
                f"model.top_k_experts: must be between 1 and model.n_experts ({model.n_experts}), got {model.top_k_experts}")
     _check(model.moe_aux_weight >= 0, f"model.moe_aux_weight: must be >= 0, got {model.moe_aux_weight}")
     _check(0 <= model.dropout < 1, f"model.dropout: must be in [0, 1), got {model.dropout}")
+
     _check(0 < data.val_fraction < 0.5, f"data.val_fraction: must be in (0, 0.5), got {data.val_fraction}")
     _check_choice("data.format", data.format, ("auto", "text", "jsonl", "csv", "parquet"))
     _check_choice("data.decode_errors", data.decode_errors, ("strict", "replace"))
     _check(data.max_documents is None or data.max_documents >= 1,
            f"data.max_documents: must be >= 1 or null, got {data.max_documents}")
+
     _check(train.batch_size >= 1, f"train.batch_size: must be >= 1, got {train.batch_size}")
     _check(train.max_steps is not None or train.max_tokens is not None,
            "train: set max_steps or max_tokens, the training budget")

@@ -31,7 +31,12 @@ def setup_logging(verbosity: int = 0) -> None:
     On a terminal the lines go through Rich; otherwise (a pipe, a file, NO_COLOR) each record is one
     plain, unwrapped line, so logs stay greppable.
     """
-    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    if verbosity < 0:
+        level = logging.WARNING
+    elif verbosity == 0:
+        level = logging.INFO
+    else:
+        level = logging.DEBUG
     handler: logging.Handler
     if is_interactive():
         handler = RichHandler(console=stderr_console(), show_path=verbosity > 0, rich_tracebacks=False,

@@ -1,4 +1,4 @@
-"""Where moa-search keeps its files: the results folder and the default study storage."""
+"""File locations of moa-search: the results folder, the corpus cache and the default study storage."""
 
 from __future__ import annotations
 
