@@ -167,7 +167,11 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
     if sqlite_file is not None:
         _make_sqlite_folder(sqlite_file, shown_url)
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
-    elif make_url(full_url).get_backend_name() != "sqlite":
+    elif make_url(full_url).get_backend_name() == "sqlite":
+        raise StorageError(f"storage {shown_url} is an in-memory SQLite database, which is gone when the process "
+                           "ends and which worker processes and later commands cannot see; use a file, "
+                           "for example sqlite:///results/moa_search.db")
+    else:
         # Servers drop idle connections; check each one before use instead of failing a trial.
         engine_kwargs["pool_pre_ping"] = True
         if make_url(full_url).get_backend_name() in ("postgresql", "mysql", "mariadb"):
@@ -192,7 +196,8 @@ def open_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.RDBStor
         hint = _DRIVER_HINTS.get(backend, "install the database driver the URL names")
         raise StorageError(f"cannot open storage {shown_url}: the database driver is not installed "
                            f"({_scrub(str(error.__cause__ or error), url)}); {hint}") from None
-    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError) as error:
+    except (sqlalchemy.exc.DatabaseError, optuna.exceptions.StorageInternalError) as error:
+        # DatabaseError covers OperationalError (cannot connect) and "file is not a database".
         reason = _scrub(str(getattr(error, "orig", None) or error.__cause__ or error).strip().splitlines()[0], url)
         if sqlite_file is not None:
             raise StorageError(f"cannot open the SQLite storage {shown_url}: {reason}. Check that {sqlite_file} "

@@ -185,7 +185,8 @@ def check_pruner(settings: StudySettings) -> str:
     pruner = resolve_pruner(settings)
     if settings.sampler == "nsga2" and pruner != "none":
         raise StudyError(f"pruner {pruner!r} cannot be used with sampler nsga2, because NSGA-II builds its "
-                         "generations from complete trials only; use --pruner none, or another sampler")
+                         "generations from complete trials only; the pruner comes from --pruner or the space file's "
+                         "study.pruner, so pass --pruner none or choose another sampler")
     if len(settings.objectives) > 1 and pruner != "none":
         raise StudyError(f"pruner {pruner!r} cannot be used with several objectives "
                          f"({', '.join(settings.objectives)}), because Optuna prunes single-objective studies "

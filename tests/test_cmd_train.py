@@ -170,3 +170,13 @@ def test_threads_below_one_is_rejected():
     result = invoke(["train", "--threads", "0"])
     assert result.exit_code == 1
     assert "--threads: must be >= 1, got 0" in result.output
+
+
+def test_unwritable_checkpoint_folder_fails_before_training(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, so no folder can be created under it\n")
+    result = CliRunner().invoke(app, ["train", "--checkpoint", str(blocker / "sub" / "ck.pt"),
+                                      "--set", "train.max_steps=2"])
+    assert result.exit_code == 1
+    assert "cannot write to the folder" in result.output
+    assert "step" not in result.output.split("Error:")[0]

@@ -190,3 +190,18 @@ def test_results_folder_created(tmp_path, monkeypatch):
     assert check_results_folder() == tmp_path / "new" / "results"
     assert (tmp_path / "new" / "results").is_dir()
     assert list((tmp_path / "new" / "results").iterdir()) == []
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_in_memory_sqlite_rejected(url):
+    with pytest.raises(StorageError, match="in-memory SQLite"):
+        open_storage(url)
+
+
+def test_file_that_is_not_a_database(tmp_path):
+    path = tmp_path / "notdb"
+    path.write_text("x\n")
+    with pytest.raises(StorageError) as error:
+        open_storage(f"sqlite:///{path}")
+    assert "is a database file" in str(error.value)
+    assert str(path) in str(error.value)

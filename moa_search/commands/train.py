@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -90,6 +91,8 @@ def train_command(
     if checkpoint is not None and checkpoint.exists() and not resume:
         raise ConfigError(f"--checkpoint {checkpoint}: the file exists; add --resume to continue from it, "
                           "or remove it to train from step 0")
+    if checkpoint is not None:
+        _check_writable_folder(checkpoint)
     settings = list(overrides or [])
     if device is not None:
         settings.append(f"train.device={device}")
@@ -114,3 +117,16 @@ def train_command(
 def register(app: typer.Typer) -> None:
     """Add the `train` command to the main app."""
     app.command("train")(train_command)
+
+
+def _check_writable_folder(checkpoint: Path) -> None:
+    """Raise ConfigError unless the checkpoint's folder can be created and written, so that a bad
+    path fails before training instead of at the first evaluation."""
+    folder = checkpoint.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".moa-search-write-check-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"--checkpoint {checkpoint}: cannot write to the folder {folder} "
+                          f"({error.strerror or error}); choose a writable path") from None
