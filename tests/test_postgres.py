@@ -373,7 +373,7 @@ def test_two_workers_share_budget(pg, tmp_path, results):
 @pytest.mark.slow
 def test_killed_worker_trial_retried(pg, tmp_path, results):
     url = pg["url"]
-    create_study(url, tmp_path, "killed", n_trials=2, max_steps=30)
+    create_study(url, tmp_path, "killed", n_trials=2, max_steps=400)
     env = worker_env(url, results, **HEARTBEAT_ENV)
     first = start_worker("killed", env, tmp_path / "first.log")
     started: list[subprocess.Popen] = [first]
@@ -417,7 +417,8 @@ def test_worker_rides_out_and_reports_lost_database(tmp_path, results):
     try:
         cluster.start()
         url = cluster.url
-        create_study(url, tmp_path, "outage", n_trials=2)
+        # Long enough trials that the poll below sees one in training on a fast, idle machine.
+        create_study(url, tmp_path, "outage", n_trials=2, max_steps=400)
         env = worker_env(url, results, MOA_SEARCH_STORAGE_RETRY_SECONDS="8", **HEARTBEAT_ENV)
 
         # A short outage: the worker logs its retries, then finishes the budget.
