@@ -9,7 +9,7 @@ workers start together.
 
 Budget: N trials means N finished search trials in the whole study, counted over all workers and
 resumes. Complete and pruned trials count, because both used their training time and informed the
-sampler; failed trials do not, so they are replaced; baselines never count.
+sampler. Failed trials do not count, so they are replaced. Baselines never count.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from moa_search.config import FFNConfig, RunConfig, run_config_to_dict
 
 @pytest.fixture(autouse=True)
 def _restore_package_logger():
-    """Undo the CLI's logging set-up after each test, so caplog in later tests sees moa_search records."""
+    """Undo the CLI's logging set-up after each test, so caplog in later tests receives moa_search records."""
     logger = logging.getLogger("moa_search")
     saved = (list(logger.handlers), logger.level, logger.propagate)
     yield
@@ -120,7 +120,7 @@ REPORT_STUDY = "report-study"
 def report_study(tmp_path_factory) -> dict[str, Any]:
     """Run the tiny study once: two baselines, one complete, one pruned and one failed trial.
 
-    Returns the storage URL, the study name and the results folder that holds the trial models.
+    Returns the storage URL, the study name and the results folder that contains the trial models.
     """
     from moa_search import paths
     from moa_search.space import parse_space

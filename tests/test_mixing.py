@@ -149,7 +149,9 @@ def test_lean_row_blocks_match_reference(monkeypatch, variant, per_token):
     u1 = leaf(2, 3, 5)
     w1 = leaf(2, 3, len(bank)) if per_token else leaf(len(bank))
     u2 = leaf(2, 3, 5) if variant != "mlp" else None
-    w2 = (leaf(2, 3, len(bank)) if per_token else leaf(len(bank))) if variant == "glu_bi" else None
+    w2 = None
+    if variant == "glu_bi":
+        w2 = leaf(2, 3, len(bank)) if per_token else leaf(len(bank))
     assert len(mixing._row_blocks(6, 5, u1.device)) == 3
 
     leaves = _leaves(u1, w1, u2, w2)

@@ -417,7 +417,7 @@ def test_worker_rides_out_and_reports_lost_database(tmp_path, results):
     try:
         cluster.start()
         url = cluster.url
-        # Long enough trials that the poll below sees one in training on a fast, idle machine.
+        # Trials long enough that the poll below finds one in training on a fast, idle machine.
         create_study(url, tmp_path, "outage", n_trials=2, max_steps=400)
         env = worker_env(url, results, MOA_SEARCH_STORAGE_RETRY_SECONDS="8", **HEARTBEAT_ENV)
 

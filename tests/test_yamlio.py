@@ -55,7 +55,9 @@ def test_special_floats_and_null():
     assert data["a"] == math.inf
     assert data["b"] == -math.inf
     assert math.isnan(data["c"])
-    assert data["d"] is None and data["e"] is None and data["f"] is None
+    assert data["d"] is None
+    assert data["e"] is None
+    assert data["f"] is None
 
 
 def test_yaml11_keys_stay_text():

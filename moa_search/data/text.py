@@ -12,7 +12,7 @@ from pathlib import Path
 from moa_search.errors import CorpusError
 
 # Line breaks that str.splitlines() recognises besides \n. \u2029 (paragraph separator) becomes a
-# blank line, the others a plain line break, so no document holds a stray control character.
+# blank line, the others a plain line break, so no document contains a stray control character.
 _LINE_BREAKS = re.compile("\r\n|[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028]")
 
 
